@@ -1,0 +1,138 @@
+"""Training checkpoints: written atomically, loaded safely, resumed exactly.
+
+A checkpoint is a dict with ``model``, ``optimizer``, ``scheduler``, ``scaler`` (state dicts or
+None), ``epoch`` (the number of finished epochs), ``rng`` (Python, NumPy and torch generator
+states) and any extra entries the caller adds. :func:`resume_from` restores all of it, so a run
+stopped after epoch N and resumed gives the same weights as an uninterrupted one.
+
+Loading always uses ``torch.load(weights_only=True)``. Checkpoints of the original code bases hold
+NumPy scalars (ABD-Net's ``rank1``); these load through an explicit allow-list of NumPy scalar and
+dtype constructors, never through unrestricted unpickling.
+"""
+
+from __future__ import annotations
+
+import pickle
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common.files import atomic_write
+
+__all__ = ["CheckpointError", "LEGACY_NUMPY_GLOBALS", "capture_rng_state", "load_checkpoint",
+           "load_state_dict_checked", "restore_rng_state", "resume_from", "save_checkpoint", "unwrap_model"]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read; the message names the file and the fix."""
+
+
+def _legacy_numpy_globals():
+    scalar = np._core.multiarray.scalar
+    allowed = [scalar, (scalar, "numpy.core.multiarray.scalar"), np.dtype]
+    for name in ("Float64DType", "Float32DType", "Float16DType", "Int64DType", "Int32DType",
+                 "Int16DType", "Int8DType", "UInt8DType", "BoolDType"):
+        allowed.append(getattr(np.dtypes, name))
+    return allowed
+
+
+LEGACY_NUMPY_GLOBALS = _legacy_numpy_globals()
+
+
+def load_state_dict_checked(module, state_dict, ignore_unexpected=(), source="checkpoint"):
+    """Loads ``state_dict`` non-strictly and reports every key that did not match.
+
+    A missing key is an error. Unexpected keys are errors too unless they start with one of
+    ``ignore_unexpected`` (those are returned). Shape mismatches raise as in ``load_state_dict``.
+
+    Returns:
+        the list of ignored unexpected keys.
+    """
+    result = module.load_state_dict(state_dict, strict=False)
+    ignored = [k for k in result.unexpected_keys if k.startswith(tuple(ignore_unexpected))]
+    unexpected = [k for k in result.unexpected_keys if k not in ignored]
+    if result.missing_keys or unexpected:
+        raise RuntimeError(
+            f"{source} does not match the model: {len(result.missing_keys)} missing key(s) "
+            f"{result.missing_keys[:10]}, {len(unexpected)} unexpected key(s) {unexpected[:10]}")
+    return ignored
+
+
+def unwrap_model(model):
+    """The module inside DataParallel / DistributedDataParallel wrappers."""
+    return model.module if hasattr(model, "module") else model
+
+
+def capture_rng_state():
+    np_state = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                       "pos": int(np_state[2]), "has_gauss": int(np_state[3]),
+                       "cached_gaussian": float(np_state[4])}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state):
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    numpy_state = state["numpy"]
+    np.random.set_state((numpy_state["name"], numpy_state["keys"].numpy().astype(np.uint32),
+                         numpy_state["pos"], numpy_state["has_gauss"],
+                         numpy_state["cached_gaussian"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path, *, model, epoch, optimizer=None, scheduler=None, scaler=None, **extra):
+    """Writes a resumable checkpoint to ``path`` atomically (temporary file + rename)."""
+    state = {
+        "model": unwrap_model(model).state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "epoch": int(epoch),
+        "rng": capture_rng_state(),
+    }
+    state.update(extra)
+    with atomic_write(path) as handle:
+        torch.save(state, handle)
+    return Path(path)
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """``torch.load(path, weights_only=True)`` with the legacy NumPy allow-list."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        with torch.serialization.safe_globals(LEGACY_NUMPY_GLOBALS):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"checkpoint {path} holds objects that are not tensors, containers or NumPy scalars, "
+            f"so it is not loaded (unrestricted unpickling can run arbitrary code). If you trust "
+            f"the file, re-save only its state_dict. Details: {str(err).splitlines()[0]}") from None
+    except (RuntimeError, EOFError) as err:
+        raise CheckpointError(f"checkpoint {path} is not a readable torch file ({err}); it may be "
+                              f"truncated or of another format") from None
+
+
+def resume_from(path, model, optimizer=None, scheduler=None, scaler=None, map_location="cpu"):
+    """Restores model, optimizer, scheduler, scaler and RNG states from a checkpoint written by
+    :func:`save_checkpoint`; returns the checkpoint dict (``["epoch"]`` = epochs finished)."""
+    checkpoint = load_checkpoint(path, map_location)
+    if not isinstance(checkpoint, dict) or "model" not in checkpoint or "epoch" not in checkpoint:
+        raise CheckpointError(f"{path} is not a resumable checkpoint (it lacks 'model' and "
+                              f"'epoch'); load it as weights instead")
+    load_state_dict_checked(unwrap_model(model), checkpoint["model"], source=str(path))
+    for name, target in (("optimizer", optimizer), ("scheduler", scheduler), ("scaler", scaler)):
+        if target is not None:
+            if checkpoint.get(name) is None:
+                raise CheckpointError(f"{path} has no {name} state to resume from")
+            target.load_state_dict(checkpoint[name])
+    restore_rng_state(checkpoint["rng"])
+    return checkpoint

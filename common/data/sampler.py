@@ -1,0 +1,82 @@
+"""P x K identity sampling for triplet training, usable under DistributedDataParallel."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+from torch.utils.data import Sampler
+
+__all__ = ["RandomIdentitySampler"]
+
+
+class RandomIdentitySampler(Sampler):
+    """Batches of ``batch_size // num_instances`` distinct identities x ``num_instances`` images.
+
+    Each epoch (torchreid's and BoT's ``RandomIdentitySampler``): every identity's images are
+    shuffled and cut into chunks of K (an identity with fewer than K images is drawn with
+    replacement up to K; the remainder of the last chunk is dropped); batches then take P random
+    identities with chunks left, one chunk each, until fewer than P identities have chunks left.
+
+    The order depends only on ``seed`` and the epoch set with :meth:`set_epoch`, so every process
+    builds the same batches; with ``num_replicas`` > 1, process ``rank`` takes batches
+    ``rank, rank + num_replicas, ...`` (every process gets the same number of whole batches).
+    Use it with a DataLoader whose ``batch_size`` is this sampler's ``batch_size``.
+
+    Args:
+        pids: identity of each dataset index.
+    """
+
+    def __init__(self, pids, batch_size, num_instances, seed=0, num_replicas=1, rank=0):
+        if num_instances < 1 or batch_size < num_instances or batch_size % num_instances:
+            raise ValueError(f"batch_size ({batch_size}) must be a positive multiple of "
+                             f"num_instances ({num_instances})")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is not in 0..{num_replicas - 1}")
+        self.index_of = defaultdict(list)
+        for index, pid in enumerate(pids):
+            self.index_of[int(pid)].append(index)
+        self.pids = sorted(self.index_of)
+        self.batch_size, self.num_instances = batch_size, num_instances
+        self.ids_per_batch = batch_size // num_instances
+        if len(self.pids) < self.ids_per_batch:
+            raise ValueError(f"a batch needs {self.ids_per_batch} identities but the data has "
+                             f"only {len(self.pids)}; lower the batch size or raise num_instances")
+        self.seed, self.num_replicas, self.rank = seed, num_replicas, rank
+        self.epoch = 0
+
+    def set_epoch(self, epoch):
+        self.epoch = int(epoch)
+
+    def batches(self):
+        """Every batch of this epoch (all processes), each a list of dataset indices."""
+        rng = np.random.default_rng([self.seed, self.epoch])
+        chunks = {}
+        for pid in self.pids:
+            indices = np.asarray(self.index_of[pid])
+            if len(indices) < self.num_instances:
+                indices = rng.choice(indices, size=self.num_instances, replace=True)
+            else:
+                indices = rng.permutation(indices)
+            usable = len(indices) - len(indices) % self.num_instances
+            chunks[pid] = [indices[i:i + self.num_instances].tolist()
+                           for i in range(0, usable, self.num_instances)]
+        available = list(self.pids)
+        batches = []
+        while len(available) >= self.ids_per_batch:
+            chosen = rng.choice(len(available), size=self.ids_per_batch, replace=False)
+            batch = []
+            for pid in [available[i] for i in chosen]:
+                batch += chunks[pid].pop()
+                if not chunks[pid]:
+                    available.remove(pid)
+            batches.append(batch)
+        usable = len(batches) - len(batches) % self.num_replicas
+        return batches[:usable]
+
+    def __iter__(self):
+        for batch in self.batches()[self.rank::self.num_replicas]:
+            yield from batch
+
+    def __len__(self):
+        return len(self.batches()[self.rank::self.num_replicas]) * self.batch_size

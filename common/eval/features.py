@@ -1,0 +1,50 @@
+"""Feature extraction for evaluation: flip averaging and optional L2 normalisation."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+__all__ = ["extract_features"]
+
+
+@torch.no_grad()
+def extract_features(model, loader, device="cpu", flip=False, normalize=False, amp=False,
+                     progress=True, desc="features"):
+    """Runs ``model`` in eval mode over ``loader`` and returns ``(features, pids, camids)``.
+
+    Args:
+        model: maps a (B, 3, H, W) batch to (B, D) features in eval mode.
+        loader: yields ``(images, pids, camids)`` batches (``common.data.ImageDataset``).
+        flip: average the features of each image and of its horizontal mirror.
+        normalize: L2-normalise each (flip-averaged) feature.
+        amp: run the model under float16 autocast (CUDA only; ignored on the CPU).
+        progress: show a tqdm bar.
+
+    Returns:
+        features as a float32 CPU tensor (N, D), pids and camids as int64 numpy arrays.
+    """
+    was_training = model.training
+    model.eval()
+    device = torch.device(device)
+    use_amp = amp and device.type == "cuda"
+    features, pids, camids = [], [], []
+    for images, batch_pids, batch_camids in tqdm(loader, desc=desc, disable=not progress,
+                                                 leave=False):
+        images = images.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+            out = model(images).float()
+            if flip:
+                out = (out + model(torch.flip(images, dims=[3])).float()) / 2
+        if normalize:
+            out = F.normalize(out, dim=1)
+        features.append(out.cpu())
+        pids.append(np.asarray(batch_pids))
+        camids.append(np.asarray(batch_camids))
+    model.train(was_training)
+    if not features:
+        return torch.zeros(0, 0), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return (torch.cat(features), np.concatenate(pids).astype(np.int64),
+            np.concatenate(camids).astype(np.int64))

@@ -1,0 +1,100 @@
+"""Run-time plumbing for the methods' ``main.py``: device, seeding, DDP, mixed precision, logs.
+
+DDP is used when the process was launched by ``torchrun`` (``WORLD_SIZE`` > 1 in the
+environment): the gloo backend on the CPU, NCCL on GPUs, one GPU per process (``LOCAL_RANK``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+__all__ = ["Distributed", "autocast", "grad_scaler", "init_distributed", "is_main_process",
+           "select_device", "seed_everything", "setup_logging"]
+
+
+def select_device(cpu=False, local_rank=0):
+    """``cuda:<local_rank>`` when a GPU is present and ``cpu`` is False, else the CPU."""
+    if not cpu and torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def seed_everything(seed):
+    """Seeds Python's ``random``, NumPy's global generator and torch (CPU and every GPU)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
+@dataclass(frozen=True)
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self):
+        return self.world_size > 1
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+
+def init_distributed(cpu=False):
+    """Joins the process group when launched by ``torchrun``; a no-op otherwise."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return Distributed()
+    rank = int(os.environ["RANK"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_nccl = not cpu and torch.cuda.is_available()
+    if use_nccl:
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_nccl else "gloo")
+    return Distributed(rank, world_size, local_rank)
+
+
+def is_main_process():
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def autocast(device, enabled):
+    """float16 autocast on CUDA when ``enabled``; a no-op context on the CPU."""
+    if enabled and torch.device(device).type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+def grad_scaler(device, enabled):
+    """A GradScaler that is active only for mixed precision on CUDA."""
+    return torch.amp.GradScaler("cuda", enabled=enabled and torch.device(device).type == "cuda")
+
+
+def setup_logging(log_file=None, main_process=True):
+    """Logs INFO to stdout (main process only) and, if given, to ``log_file`` (appended)."""
+    root = logging.getLogger()
+    root.handlers.clear()
+    root.setLevel(logging.INFO if main_process else logging.WARNING)
+    console = logging.StreamHandler(sys.stdout)
+    console.setFormatter(logging.Formatter("%(message)s"))
+    root.addHandler(console)
+    if log_file is not None and main_process:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(log_file)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        root.addHandler(handler)
+    return root
