@@ -23,10 +23,14 @@ NUM_RANDOM_SPLITS = 10
 SPLIT_SEED = 20260101  # base seed of the CUHK01 and PRID-450s splits; split k uses (seed, k)
 
 
-def _market_layout(folder, name, drop_junk_gallery):
-    train = [s for s in parse_market_style(folder / "bounding_box_train", name) if s.pid > 0]
+def _market_layout(folder, name, drop_junk_gallery, pid_zero_is_distractor=False):
+    """Reads the three Market-style folders; junk (pid -1), and pid 0 where it marks Market's
+    distractors, never enter the train set."""
+    first_id = 1 if pid_zero_is_distractor else 0
+    train = [s for s in parse_market_style(folder / "bounding_box_train", name)
+             if s.pid >= first_id]
     if not train:
-        raise DatasetError(f"{name}: no labelled training image (pid > 0) in "
+        raise DatasetError(f"{name}: no labelled training image (pid >= {first_id}) in "
                            f"{folder / 'bounding_box_train'}")
     query = parse_market_style(folder / "query", name)
     gallery = parse_market_style(folder / "bounding_box_test", name)
@@ -45,7 +49,8 @@ def load_market1501(root, keep_junk=False):
     folder = find_root(root, "market1501", MARKET_SPLITS,
                        ("", "Market-1501-v15.09.15", "market1501/Market-1501-v15.09.15",
                         "market1501", "Market-1501"))
-    return _market_layout(folder, "market1501", drop_junk_gallery=not keep_junk)
+    return _market_layout(folder, "market1501", drop_junk_gallery=not keep_junk,
+                          pid_zero_is_distractor=True)
 
 
 def load_dukemtmcreid(root):
