@@ -1,0 +1,88 @@
+import random
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from common.checkpoint import (CheckpointError, load_checkpoint, resume_from, save_checkpoint)
+from common.runtime import seed_everything
+
+
+def make_run():
+    model = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.3), nn.Linear(8, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    return model, optimizer, scheduler
+
+
+def train_epoch(model, optimizer, scheduler):
+    # Randomness from all three generators: torch (data, dropout), numpy and Python.
+    for _ in range(3):
+        x = torch.randn(8, 4) + float(np.random.rand()) + random.random()
+        loss = model(x).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    scheduler.step()
+
+
+def test_interrupted_run_resumes_exactly(tmp_path):
+    seed_everything(0)
+    straight = make_run()
+    for _ in range(4):
+        train_epoch(*straight)
+
+    seed_everything(0)
+    first = make_run()
+    for epoch in range(2):
+        train_epoch(*first)
+    save_checkpoint(tmp_path / "last.pt", model=first[0], optimizer=first[1],
+                    scheduler=first[2], epoch=2)
+    seed_everything(123)  # a new process starts with other generator states
+    resumed = make_run()
+    checkpoint = resume_from(tmp_path / "last.pt", *resumed)
+    for _ in range(checkpoint["epoch"], 4):
+        train_epoch(*resumed)
+    for a, b in zip(straight[0].parameters(), resumed[0].parameters()):
+        assert torch.equal(a, b)
+    assert resumed[2].get_last_lr() == straight[2].get_last_lr()
+
+
+def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
+    model = nn.Linear(2, 2)
+    path = save_checkpoint(tmp_path / "ckpt.pt", model=model, epoch=1)
+    before = path.read_bytes()
+    monkeypatch.setattr(torch, "save", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, model=model, epoch=2)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+
+
+def test_legacy_numpy_scalars_load_and_arbitrary_objects_do_not(tmp_path):
+    legacy = tmp_path / "abd.pth.tar"
+    torch.save({"state_dict": nn.Linear(2, 2).state_dict(), "rank1": np.float64(0.9561),
+                "epoch": np.int64(30)}, legacy)
+    checkpoint = load_checkpoint(legacy)
+    assert checkpoint["rank1"] == pytest.approx(0.9561) and checkpoint["epoch"] == 30
+
+    hostile = tmp_path / "hostile.pt"
+    torch.save({"payload": Exception("arbitrary object")}, hostile)
+    with pytest.raises(CheckpointError, match="not loaded"):
+        load_checkpoint(hostile)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(legacy.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="not a readable torch file"):
+        load_checkpoint(truncated)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_resume_reports_mismatched_keys(tmp_path):
+    path = save_checkpoint(tmp_path / "c.pt", model=nn.Linear(2, 2), epoch=1)
+    with pytest.raises(RuntimeError, match="missing key.*unexpected key"):
+        resume_from(path, nn.Sequential(nn.Linear(2, 2)))
+    with pytest.raises(CheckpointError, match="no optimizer state"):
+        model = nn.Linear(2, 2)
+        resume_from(path, model, torch.optim.SGD(model.parameters(), lr=1))

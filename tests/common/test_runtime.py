@@ -1,0 +1,54 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from common.runtime import (autocast, grad_scaler, init_distributed, seed_everything,
+                            select_device, setup_logging)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_seeding_repeats_every_generator():
+    import random
+    seed_everything(3)
+    first = (random.random(), np.random.rand(), torch.rand(1).item())
+    seed_everything(3)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == first
+
+
+def test_single_process_defaults():
+    env = init_distributed(cpu=True)
+    assert not env.enabled and env.is_main
+    assert select_device(cpu=True).type == "cpu"
+    assert not grad_scaler("cpu", enabled=True).is_enabled()
+    with autocast("cpu", enabled=True):  # mixed precision is for CUDA only
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+
+
+def test_log_file(tmp_path):
+    logger = setup_logging(tmp_path / "log" / "train.log")
+    logger.info("epoch 1 done")
+    for handler in logger.handlers:
+        handler.flush()
+    assert "epoch 1 done" in (tmp_path / "log" / "train.log").read_text()
+
+
+@pytest.mark.slow
+def test_two_process_torchrun_on_gloo(tmp_path):
+    out = tmp_path / "ddp.json"
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                    "--master_port", "29531", str(PROJECT_ROOT / "tests/common/ddp_worker.py"),
+                    str(out)], check=True, env=env, cwd=tmp_path, timeout=240)
+    result = json.loads(out.read_text())
+    assert result["world_size"] == 2 and result["backend"] == "gloo"
+    assert result["same_weights"]  # gradients were averaged across the two processes
+    rank0, rank1 = map(set, result["indices"])
+    assert rank0 and rank0.isdisjoint(rank1)  # each identity has exactly K=4 images
+    assert len(result["indices"][0]) == len(result["indices"][1])
