@@ -98,15 +98,17 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, prot
             cmc_rows[valid] = np.arange(1, max_rank + 1)[None, :] >= first[:, None]
 
     num_valid = int(valid.sum())
-    if protocol == "market":
-        denominator, ap_sum = num_q, np.nansum(per_query_ap)
+    denominator = num_q if protocol == "market" else num_valid
+    if denominator == 0:
+        cmc, mean_ap, mean_inp = np.zeros(max_rank), 0.0, 0.0
     else:
-        denominator, ap_sum = num_valid, np.nansum(per_query_ap)
-    mean = (lambda total: float(total) / denominator) if denominator else (lambda total: 0.0)
+        cmc = cmc_rows.sum(0) / denominator
+        mean_ap = float(np.nansum(per_query_ap)) / denominator
+        mean_inp = float(inp.sum()) / denominator
     return {
-        "cmc": (cmc_rows.sum(0) / denominator) if denominator else np.zeros(max_rank),
-        "mAP": mean(ap_sum),
-        "mINP": mean(inp.sum()),
+        "cmc": cmc,
+        "mAP": mean_ap,
+        "mINP": mean_inp,
         "num_valid_queries": num_valid,
         "num_queries": num_q,
         "protocol": protocol,
