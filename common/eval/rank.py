@@ -190,11 +190,16 @@ def _good_match_ranks(dist, q_pids, g_pids, q_camids, g_camids):
     return ranks, num_good
 
 
-def _ranks_by_stable_sort(dist_row, q_pid, q_camid, g_pids, g_camids, width):
+def _kept_gallery_pids(dist_row, q_pid, q_camid, g_pids, g_camids):
+    """Gallery identities in stable distance order, junk removed, for one query."""
     order = np.argsort(dist_row, kind="stable")
     pids, cams = g_pids[order], g_camids[order]
-    kept = ~(((pids == q_pid) & (cams == q_camid)) | (pids == -1))
-    hits = np.flatnonzero(pids[kept] == q_pid) + 1 if q_pid != -1 else np.array([], np.int64)
+    return pids[~(((pids == q_pid) & (cams == q_camid)) | (pids == -1))]
+
+
+def _ranks_by_stable_sort(dist_row, q_pid, q_camid, g_pids, g_camids, width):
+    kept = _kept_gallery_pids(dist_row, q_pid, q_camid, g_pids, g_camids)
+    hits = np.flatnonzero(kept == q_pid) + 1 if q_pid != -1 else np.array([], np.int64)
     out = np.zeros(width, np.int64)
     out[:len(hits)] = hits
     return out
@@ -204,13 +209,9 @@ def _single_gallery_shot_cmc(dist, q_pids, g_pids, q_camids, g_camids, valid_que
                              num_repeats, seed):
     """CUHK03 classic CMC: one random gallery image per identity, averaged over the draws."""
     rng = np.random.default_rng(seed)
-    dist_np = dist
     rows = np.zeros((len(valid_queries), max_rank))
     for i, q in enumerate(valid_queries):
-        order = np.argsort(dist_np[q], kind="stable")
-        pids, cams = g_pids[order], g_camids[order]
-        kept = ~(((pids == q_pids[q]) & (cams == q_camids[q])) | (pids == -1))
-        pids = pids[kept]
+        pids = _kept_gallery_pids(dist[q], q_pids[q], q_camids[q], g_pids, g_camids)
         for _ in range(num_repeats):
             # The first occurrence per identity in a random permutation is a uniform draw.
             perm = rng.permutation(len(pids))
