@@ -8,7 +8,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from common.data import RandomIdentitySampler
-from common.runtime import init_distributed, seed_everything, select_device
+from common.runtime import close_distributed, init_distributed, seed_everything, select_device
 
 env = init_distributed(cpu=True)
 seed_everything(0)
@@ -34,4 +34,5 @@ if env.is_main:
         json.dump({"world_size": env.world_size, "backend": dist.get_backend(),
                    "same_weights": all(torch.equal(w, weights[0]) for w in weights),
                    "indices": seen}, handle)
-dist.destroy_process_group()
+del model, optimizer
+close_distributed()
