@@ -19,7 +19,7 @@ from torchvision.models import resnet50
 from common.checkpoint import load_state_dict_checked
 
 __all__ = ["IMAGENET_WEIGHT_FILES", "PretrainedWeightsError", "build_resnet50",
-           "find_imagenet_weights"]
+           "find_imagenet_weights", "remove_stage_stride"]
 
 # torchvision's IMAGENET1K_V1 file under its current and its pre-0.13 name.
 IMAGENET_WEIGHT_FILES = ("resnet50-0676ba61.pth", "resnet50-19c8e357.pth")
@@ -70,7 +70,17 @@ def build_resnet50(last_stride=2, pretrained=True, weights_path=None):
         state = torch.load(path, map_location="cpu", weights_only=True)
         load_state_dict_checked(model, state, source=f"ImageNet weights {path}")
     if last_stride == 1:
-        model.layer4[0].conv2.stride = (1, 1)
-        model.layer4[0].downsample[0].stride = (1, 1)
+        remove_stage_stride(model.layer4)
     return model
+
+
+def remove_stage_stride(stage):
+    """Sets the stride of a ResNet stage (e.g. ``layer4``) to 1 in place and returns it.
+
+    In v1.5 bottlenecks the stride sits on the first block's 3x3 conv and on its 1x1 downsample
+    conv; no weight changes shape, so ImageNet weights load either way.
+    """
+    stage[0].conv2.stride = (1, 1)
+    stage[0].downsample[0].stride = (1, 1)
+    return stage
 

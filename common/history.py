@@ -1,0 +1,88 @@
+"""A training run's history: losses and learning rate per epoch, metrics per evaluation.
+
+Saved as JSON next to the checkpoints and drawn as two PNG plots (losses; mAP and rank-1), the
+record every method's ``main.py`` leaves in its output folder.
+"""
+
+from __future__ import annotations
+
+import json
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot loads)
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from common.files import atomic_write  # noqa: E402
+
+__all__ = ["TrainingHistory"]
+
+
+class TrainingHistory:
+    """``epochs``: dicts with ``epoch``, ``lr`` and ``losses`` (name -> mean value);
+    ``evaluations``: dicts with ``epoch`` and the metrics (``mAP``, ``rank1``, ...) as fractions."""
+
+    def __init__(self):
+        self.epochs = []
+        self.evaluations = []
+
+    def log_epoch(self, epoch, lr, losses):
+        self.epochs.append({"epoch": int(epoch), "lr": float(lr),
+                            "losses": {name: float(value) for name, value in losses.items()}})
+
+    def log_evaluation(self, epoch, metrics):
+        self.evaluations.append({"epoch": int(epoch),
+                                 **{name: float(value) for name, value in metrics.items()}})
+
+    def best(self, key="mAP"):
+        """The evaluation with the highest ``key`` (the earliest on ties), or None."""
+        if not self.evaluations:
+            return None
+        return max(reversed(self.evaluations), key=lambda row: row[key])
+
+    def state_dict(self):
+        return {"epochs": list(self.epochs), "evaluations": list(self.evaluations)}
+
+    def load_state_dict(self, state):
+        self.epochs = list(state["epochs"])
+        self.evaluations = list(state["evaluations"])
+
+    def write_json(self, path):
+        with atomic_write(path, "w") as handle:
+            json.dump(self.state_dict(), handle, indent=2)
+            handle.write("\n")
+
+    def plot(self, loss_path, metrics_path):
+        """Writes the loss curves and the mAP / rank-1 curves; returns the paths written."""
+        written = []
+        if self.epochs:
+            figure, axis = plt.subplots(figsize=(6, 4))
+            epochs = [row["epoch"] for row in self.epochs]
+            for name in self.epochs[-1]["losses"]:
+                axis.plot(epochs, [row["losses"].get(name, float("nan")) for row in self.epochs],
+                          label=name)
+            axis.set(xlabel="epoch", ylabel="loss (weighted)", title="Training loss")
+            axis.legend()
+            axis.grid(alpha=0.3)
+            written.append(_save(figure, loss_path))
+        if self.evaluations:
+            figure, axis = plt.subplots(figsize=(6, 4))
+            epochs = [row["epoch"] for row in self.evaluations]
+            for key, label in (("mAP", "mAP"), ("rank1", "rank-1")):
+                axis.plot(epochs, [100 * row[key] for row in self.evaluations], marker="o",
+                          label=label)
+            axis.set(xlabel="epoch", ylabel="%", title="Evaluation", ylim=(0, 100))
+            axis.legend()
+            axis.grid(alpha=0.3)
+            written.append(_save(figure, metrics_path))
+        return written
+
+
+def _save(figure, path):
+    figure.axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))
+    figure.tight_layout()
+    with atomic_write(path) as handle:
+        figure.savefig(handle, format="png", dpi=100)
+    plt.close(figure)
+    return path

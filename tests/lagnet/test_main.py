@@ -1,0 +1,119 @@
+"""lagnet/main.py end to end on real Market-1501 files, at a tiny input size (lagnet.md §1, §7)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from lagnet.main import main
+
+PROJECT_ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
+
+
+def tiny_argv(datadir, save, *extra):
+    return ["--datadir", str(datadir), "--batchid", "4", "--batchimage", "2", "--batchtest", "16",
+            "--height", "64", "--width", "32", "--num_attentions", "4", "--cpu", "--no_pretrained",
+            "--nThread", "0", "--loss", "1*CrossEntropy+2*Triplet+1*L2", "--optimizer", "ADAM",
+            "--amsgrad", "--random_erasing", "--save", save, *extra]
+
+
+def run_main(argv):
+    main(argv)
+
+
+def exit_message(argv):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    return str(exc.value.code)
+
+
+def load_state(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.slow
+def test_train_evaluate_resume_and_test_only(market_mini, in_tmp, capsys):
+    run_main(tiny_argv(market_mini, "straight", "--epochs", "3", "--test_every", "1"))
+    out = capsys.readouterr().out
+    assert "LAG-Net on market1501 (best, epoch" in out and "R10" in out
+    folder = in_tmp / "experiment" / "straight"
+    for name in ("config.txt", "log.txt", "history.json", "training_state.pt",
+                 "model/model_latest.pt", "model/model_best.pt", "results_best.json"):
+        assert (folder / name).is_file(), name
+    for plot in ("loss.png", "metrics.png"):
+        assert (folder / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    history = json.loads((folder / "history.json").read_text())
+    assert [row["epoch"] for row in history["epochs"]] == [1, 2]  # --epochs 3 trains 2 (§5)
+    assert [row["epoch"] for row in history["evaluations"]] == [1, 2]
+    assert set(history["epochs"][0]["losses"]) == {"CrossEntropy", "Triplet", "L2", "Total"}
+    assert history["epochs"][0]["losses"]["L2"] == pytest.approx(1.0, abs=0.05)  # first visits
+    best = json.loads((folder / "results_best.json").read_text())
+    assert set(best["metrics"]) == {"mAP", "rank1", "rank3", "rank5", "rank10"}
+    # the model file is a plain state_dict, as the original writes it
+    assert "classifier_gs.classifier.0.weight" in load_state(folder / "model/model_latest.pt")
+
+    # the same two epochs, interrupted after the first and resumed with --resume -1
+    run_main(tiny_argv(market_mini, "split", "--epochs", "2", "--test_every", "1"))
+    run_main(tiny_argv(market_mini, "split", "--epochs", "3", "--test_every", "1", "--resume", "-1"))
+    straight = load_state(folder / "model/model_latest.pt")
+    resumed = load_state(in_tmp / "experiment/split/model/model_latest.pt")
+    assert all(torch.equal(straight[key], resumed[key]) for key in straight)
+    split_history = json.loads((in_tmp / "experiment/split/history.json").read_text())
+    assert split_history == history
+
+    # --test_only on the best weights reproduces the best evaluation
+    capsys.readouterr()
+    run_main(tiny_argv(market_mini, "check", "--test_only", "--pre_train",
+                       str(folder / "model/model_best.pt")))
+    assert "test_only" in capsys.readouterr().out
+    tested = json.loads((in_tmp / "experiment/check/results_test_only.json").read_text())
+    best_row = max(history["evaluations"], key=lambda row: row["mAP"])
+    assert tested["metrics"]["mAP"] == pytest.approx(best_row["mAP"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_user_errors_are_named(market_mini, in_tmp, monkeypatch):
+    assert "16 training identities" in exit_message(
+        tiny_argv(market_mini, "a", "--epochs", "2", "--num_classes", "751"))
+    assert "does not exist" in exit_message(tiny_argv(market_mini, "nothing", "--resume", "-1"))
+    assert "does not exist" in exit_message(tiny_argv(market_mini, "b", "--pre_train", "nope.pt"))
+    assert "bounding_box_train" in exit_message(tiny_argv(in_tmp, "c", "--epochs", "2"))
+    monkeypatch.setenv("TORCH_HOME", str(in_tmp / "empty_hub"))
+    argv = [arg for arg in tiny_argv(market_mini, "d", "--epochs", "2") if arg != "--no_pretrained"]
+    assert "Nothing is downloaded" in exit_message(argv)
+
+
+@pytest.mark.slow
+def test_an_existing_run_is_never_overwritten_and_reset_stays_inside(market_mini, in_tmp):
+    run_main(tiny_argv(market_mini, "run", "--epochs", "2", "--test_every", "0"))
+    assert "already holds a run" in exit_message(tiny_argv(market_mini, "run", "--epochs", "2"))
+    (in_tmp / "experiment" / "keep.txt").write_text("not part of the run")
+    (in_tmp / "precious.txt").write_text("not part of the run")
+    run_main(tiny_argv(market_mini, "run", "--epochs", "2", "--test_every", "0", "--reset"))
+    assert (in_tmp / "experiment" / "keep.txt").is_file() and (in_tmp / "precious.txt").is_file()
+    assert "--reset: removed" in (in_tmp / "experiment/run/log.txt").read_text()
+
+
+@pytest.mark.slow
+def test_two_process_torchrun_on_cpu(market_mini, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               "--master_port", "29533", str(PROJECT_ROOT / "lagnet" / "main.py"),
+               *tiny_argv(market_mini, "ddp", "--epochs", "3", "--test_every", "2")]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = (tmp_path / "experiment/ddp/log.txt").read_text()
+    assert "x 2 processes" in log
+    history = json.loads((tmp_path / "experiment/ddp/history.json").read_text())
+    assert [row["epoch"] for row in history["epochs"]] == [1, 2]
+    assert [row["epoch"] for row in history["evaluations"]] == [2]  # (200 + 2) % 2 == 0, and last
