@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
-
-import numpy as np
-from torch.utils.data import Sampler
+from common.data import IdentitySampler
 
 __all__ = ["IdentityGroupSampler"]
 
 
-class IdentityGroupSampler(Sampler):
+class IdentityGroupSampler(IdentitySampler):
     """A batch sampler: every identity once per epoch, K images each, P identities per batch.
 
     Each epoch the identities are shuffled; each draws ``batchimage`` (K) of its images without
@@ -30,22 +27,14 @@ class IdentityGroupSampler(Sampler):
     def __init__(self, pids, batchid, batchimage, seed=0, num_replicas=1, rank=0):
         if batchid < 1 or batchimage < 1:
             raise ValueError(f"batchid ({batchid}) and batchimage ({batchimage}) must be >= 1")
-        self.index_of = defaultdict(list)
-        for index, pid in enumerate(pids):
-            self.index_of[int(pid)].append(index)
-        self.pids = sorted(self.index_of)
+        super().__init__(pids, seed, num_replicas, rank)
         if len(self.pids) < 2:
             raise ValueError(f"training needs at least two identities; the data has {len(self.pids)}")
         self.batchid, self.batchimage = batchid, batchimage
-        self.seed, self.num_replicas, self.rank = seed, num_replicas, rank
-        self.epoch = 0
-
-    def set_epoch(self, epoch):
-        self.epoch = int(epoch)
 
     def batches(self):
         """Every batch of this epoch (all processes), each a list of dataset indices."""
-        rng = np.random.default_rng([self.seed, self.epoch])
+        rng = self.epoch_rng()
         groups = []
         for pid in rng.permutation(self.pids):
             indices = self.index_of[int(pid)]
@@ -58,7 +47,7 @@ class IdentityGroupSampler(Sampler):
         return batches
 
     def __iter__(self):
-        return iter(self.batches()[self.rank::self.num_replicas])
+        return iter(self.local_batches())
 
     def __len__(self):
         count = -(-len(self.pids) // self.batchid)

@@ -5,8 +5,8 @@ from common.data.datasets import (DATASETS, build_dataset, load_cuhk01, load_cuh
                                   load_dukemtmcreid, load_folder, load_market1501, load_msmt17,
                                   load_prid450s)
 from common.data.images import ImageDataset, read_image
-from common.data.sampler import RandomIdentitySampler
+from common.data.sampler import IdentitySampler, RandomIdentitySampler
 
-__all__ = ["DATASETS", "DatasetError", "ImageDataset", "RandomIdentitySampler", "ReidDataset",
+__all__ = ["DATASETS", "DatasetError", "IdentitySampler", "ImageDataset", "RandomIdentitySampler", "ReidDataset",
            "Sample", "build_dataset", "load_cuhk01", "load_cuhk03np", "load_dukemtmcreid",
            "load_folder", "load_market1501", "load_msmt17", "load_prid450s", "read_image"]

@@ -7,10 +7,41 @@ from collections import defaultdict
 import numpy as np
 from torch.utils.data import Sampler
 
-__all__ = ["RandomIdentitySampler"]
+__all__ = ["IdentitySampler", "RandomIdentitySampler"]
 
 
-class RandomIdentitySampler(Sampler):
+class IdentitySampler(Sampler):
+    """Base of the identity samplers: the images of each identity, a generator seeded by
+    ``(seed, epoch)`` so that every process draws the same batches, and this process's share.
+
+    Subclasses implement :meth:`batches` (every batch of the epoch, all processes).
+    """
+
+    def __init__(self, pids, seed=0, num_replicas=1, rank=0):
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is not in 0..{num_replicas - 1}")
+        self.index_of = defaultdict(list)
+        for index, pid in enumerate(pids):
+            self.index_of[int(pid)].append(index)
+        self.pids = sorted(self.index_of)
+        self.seed, self.num_replicas, self.rank = seed, num_replicas, rank
+        self.epoch = 0
+
+    def set_epoch(self, epoch):
+        self.epoch = int(epoch)
+
+    def epoch_rng(self):
+        return np.random.default_rng([self.seed, self.epoch])
+
+    def batches(self):
+        raise NotImplementedError
+
+    def local_batches(self):
+        """The batches of process ``rank``: ``rank, rank + num_replicas, ...``."""
+        return self.batches()[self.rank::self.num_replicas]
+
+
+class RandomIdentitySampler(IdentitySampler):
     """Batches of ``batch_size // num_instances`` distinct identities x ``num_instances`` images.
 
     Each epoch (torchreid's and BoT's ``RandomIdentitySampler``): every identity's images are
@@ -31,26 +62,16 @@ class RandomIdentitySampler(Sampler):
         if num_instances < 1 or batch_size < num_instances or batch_size % num_instances:
             raise ValueError(f"batch_size ({batch_size}) must be a positive multiple of "
                              f"num_instances ({num_instances})")
-        if not 0 <= rank < num_replicas:
-            raise ValueError(f"rank {rank} is not in 0..{num_replicas - 1}")
-        self.index_of = defaultdict(list)
-        for index, pid in enumerate(pids):
-            self.index_of[int(pid)].append(index)
-        self.pids = sorted(self.index_of)
+        super().__init__(pids, seed, num_replicas, rank)
         self.batch_size, self.num_instances = batch_size, num_instances
         self.ids_per_batch = batch_size // num_instances
         if len(self.pids) < self.ids_per_batch:
             raise ValueError(f"a batch needs {self.ids_per_batch} identities but the data has "
                              f"only {len(self.pids)}; lower the batch size or raise num_instances")
-        self.seed, self.num_replicas, self.rank = seed, num_replicas, rank
-        self.epoch = 0
-
-    def set_epoch(self, epoch):
-        self.epoch = int(epoch)
 
     def batches(self):
         """Every batch of this epoch (all processes), each a list of dataset indices."""
-        rng = np.random.default_rng([self.seed, self.epoch])
+        rng = self.epoch_rng()
         chunks = {}
         for pid in self.pids:
             indices = np.asarray(self.index_of[pid])
@@ -75,8 +96,8 @@ class RandomIdentitySampler(Sampler):
         return batches[:usable]
 
     def __iter__(self):
-        for batch in self.batches()[self.rank::self.num_replicas]:
+        for batch in self.local_batches():
             yield from batch
 
     def __len__(self):
-        return len(self.batches()[self.rank::self.num_replicas]) * self.batch_size
+        return len(self.local_batches()) * self.batch_size
