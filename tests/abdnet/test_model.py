@@ -1,0 +1,141 @@
+"""ABD-Net's network against the spec's counts, names and equations (abdnet.md §2)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from abdnet.model import CAM, PAM, build_model, remap_original_state_dict
+
+
+def count(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.fixture(scope="module")
+def market_model():
+    torch.manual_seed(0)
+    return build_model(751, pretrained=False)
+
+
+def test_parameter_counts_match_the_released_model(market_model):
+    total = count(market_model)
+    classifiers = sum(p.numel() for name, p in market_model.named_parameters()
+                      if "classifier" in name)
+    assert total == 69_175_184  # "Model size: 69.175 M" (issue #9)
+    assert total - classifiers == 66_865_859
+    assert len(market_model.state_dict()) == 450
+    assert count(build_model(702, pretrained=False)) == 69_024_509
+    assert count(market_model.common_branch.backbone1) == 225_344
+    assert count(market_model.common_branch.shallow_cam) == 1
+    assert count(market_model.common_branch.backbone2) == 8_317_952
+    assert count(market_model.branches[0][0]) == count(market_model.branches[1][0]) == 14_964_736
+    assert count(market_model.branches[0][1]) - 751 * 1025 == 2_100_224
+    assert count(market_model.branches[1][1]) - 2 * 751 * 1025 == 26_292_866
+
+
+def test_state_dict_names_follow_the_original_with_global_first(market_model):
+    state = market_model.state_dict()
+    expected = {
+        "common_branch.backbone1.0.weight": (64, 3, 7, 7),
+        "common_branch.backbone1.4.0.downsample.0.weight": (256, 64, 1, 1),
+        "common_branch.shallow_cam._cam_module.gamma": (1,),
+        "common_branch.backbone2.1.5.conv3.weight": (1024, 256, 1, 1),
+        "branches.0.0.backbone.0.conv1.weight": (512, 1024, 1, 1),
+        "branches.0.1.fc.0.weight": (1024, 2048),
+        "branches.0.1.fc.1.running_var": (1024,),
+        "branches.0.1.classifier.bias": (751,),
+        "branches.1.1.reduction.0.weight": (1024, 2048, 1, 1),
+        "branches.1.1.cam_module.conv5c.0.weight": (512, 1024, 3, 3),
+        "branches.1.1.before_module.conv52.1.num_batches_tracked": (),
+        "branches.1.1.pam_module.conv7.1.bias": (1024,),
+        "branches.1.1.cam_module.attention_module.gamma": (1,),
+        "branches.1.1.pam_module.attention_module.query_conv.weight": (64, 512, 1, 1),
+        "branches.1.1.pam_module.attention_module.value_conv.bias": (512,),
+        "branches.1.1.sum_conv.1.weight": (1024, 1024, 1, 1),
+        "branches.1.1.classifiers.1.weight": (751, 1024),
+    }
+    for key, shape in expected.items():
+        assert tuple(state[key].shape) == shape, key
+    assert market_model.branches[1][0].backbone[0].conv2.stride == (1, 1)  # last stride 1
+
+
+def test_full_size_outputs_and_feature_maps(market_model):
+    market_model.train()
+    with torch.no_grad():
+        predict, logits, triplet, maps = market_model(torch.randn(2, 3, 384, 128))
+        market_model.eval()
+        features = market_model(torch.randn(2, 3, 384, 128))
+    assert predict.shape == features.shape == (2, 3072)
+    assert [tuple(l.shape) for l in logits] == [(2, 751)] * 3
+    assert [tuple(t.shape) for t in triplet] == [(2, 1024)] * 3
+    assert [tuple(m.shape) for m in maps["intermediate"]] == [(2, 256, 96, 32)]
+    for key in ("before", "cam", "pam", "after"):
+        assert [tuple(m.shape) for m in maps[key]] == [(2, 1024, 12, 8)] * 2
+
+
+def test_attention_starts_as_the_identity():
+    torch.manual_seed(0)
+    x = torch.randn(2, 16, 3, 2)
+    assert torch.equal(CAM()(x), x)
+    assert torch.equal(PAM(16)(x), x)
+
+
+@pytest.mark.parametrize("softmax, sign", [("code", -1.0), ("paper", 1.0)])
+def test_cam_weights_channels_by_softmax_of_the_signed_energy(softmax, sign):
+    torch.manual_seed(0)
+    x = torch.randn(1, 4, 2, 3)
+    cam = CAM(softmax)
+    with torch.no_grad():
+        cam.gamma.fill_(0.5)
+    a = x.reshape(4, 6)
+    expected = 0.5 * (F.softmax(sign * (a @ a.T), dim=1) @ a) + a
+    torch.testing.assert_close(cam(x).reshape(4, 6), expected)
+
+
+def test_pam_attends_over_positions():
+    torch.manual_seed(0)
+    pam = PAM(16)
+    with torch.no_grad():
+        pam.gamma.fill_(2.0)
+    x = torch.randn(1, 16, 2, 3)
+    q = pam.query_conv(x).reshape(2, 6)
+    k = pam.key_conv(x).reshape(2, 6)
+    v = pam.value_conv(x).reshape(16, 6)
+    attention = F.softmax(q.T @ k, dim=1)  # rows: query positions, softmax over keys
+    expected = 2.0 * (v @ attention.T) + x.reshape(16, 6)
+    torch.testing.assert_close(pam(x).reshape(16, 6), expected)
+
+
+def swap_branches(state):
+    swapped = {}
+    for key, value in state.items():
+        if key.startswith("branches."):
+            index = "1" if key.split(".")[1] == "0" else "0"
+            key = f"branches.{index}." + key.split(".", 2)[2]
+        swapped[f"module.{key}"] = value
+    return swapped
+
+
+def test_original_checkpoints_load_in_either_branch_order():
+    torch.manual_seed(0)
+    source = build_model(10, pretrained=False, abd_dan=("cam",))
+    target = build_model(10, pretrained=False, abd_dan=("cam",))
+    original = swap_branches(source.state_dict())  # an "abd first" file, saved from DataParallel
+    assert "module.branches.0.1.reduction.0.weight" in original
+    target.load_state_dict(remap_original_state_dict(original))
+    for key, value in source.state_dict().items():
+        assert torch.equal(target.state_dict()[key], value), key
+
+
+def test_tiny_input_trace_export_and_bad_height():
+    torch.manual_seed(0)
+    model = build_model(10, pretrained=False).eval()
+    x = torch.randn(2, 3, 64, 32)
+    with torch.no_grad():
+        eager = model(x)
+        torch.testing.assert_close(torch.jit.trace(model, x)(x), eager)
+        torch.testing.assert_close(torch.export.export(model, (x,)).module()(x), eager)
+        with pytest.raises(ValueError, match="not divisible by abd_np=2"):
+            model(torch.randn(1, 3, 80, 32))  # layer4 height 5
+    with pytest.raises(ValueError, match="abd_dan"):
+        build_model(10, pretrained=False, abd_dan=("sam",))
