@@ -23,10 +23,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from common.checkpoint import CheckpointError, load_checkpoint, load_state_dict_checked
 from common.layers.resnet import build_resnet50
 
 __all__ = ["ABDBranch", "ABDNet", "CAM", "DANetHead", "GlobalBranch", "PAM", "build_model",
-           "remap_original_state_dict"]
+           "load_released_checkpoint", "remap_original_state_dict"]
 
 
 class CAM(nn.Module):
@@ -279,3 +280,24 @@ def remap_original_state_dict(state_dict):
             parts[1] = target[parts[1]]
         remapped[".".join(parts)] = value
     return remapped
+
+
+def load_released_checkpoint(model, path):
+    """Loads an original ABD-Net file (``{"state_dict", "rank1", "epoch"}``, §2.10) into
+    ``model``, either branch order, and returns the file's ``rank1`` and ``epoch``.
+
+    ``rank1`` is a pickled NumPy scalar; it loads through common.checkpoint's allow-list, never
+    through unrestricted unpickling. Unlike the original loader, which skips keys that do not
+    match, every missing or unexpected key is an error that lists them.
+    """
+    checkpoint = load_checkpoint(path)
+    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds no state_dict")
+    try:
+        load_state_dict_checked(model, remap_original_state_dict(state), source=str(path))
+    except RuntimeError as err:
+        raise CheckpointError(f"{err}. Was {path} trained with the same architecture flags "
+                              f"(--abd-dan, --abd-np, --shallow-cam) and class count?") from None
+    return {"rank1": float(checkpoint.get("rank1", float("nan"))),
+            "epoch": int(checkpoint.get("epoch", -1))}

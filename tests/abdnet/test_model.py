@@ -1,10 +1,12 @@
 """ABD-Net's network against the spec's counts, names and equations (abdnet.md §2)."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from abdnet.model import CAM, PAM, build_model, remap_original_state_dict
+from abdnet.model import CAM, PAM, build_model, load_released_checkpoint, remap_original_state_dict
+from common.checkpoint import CheckpointError
 
 
 def count(module):
@@ -139,3 +141,19 @@ def test_tiny_input_trace_export_and_bad_height():
             model(torch.randn(1, 3, 80, 32))  # layer4 height 5
     with pytest.raises(ValueError, match="abd_dan"):
         build_model(10, pretrained=False, abd_dan=("sam",))
+
+
+def test_released_checkpoint_format_loads_with_numpy_rank1(tmp_path):
+    torch.manual_seed(0)
+    source = build_model(10, pretrained=False, abd_dan=("pam",))
+    torch.save({"state_dict": swap_branches(source.state_dict()), "rank1": np.float32(0.956),
+                "epoch": 79}, tmp_path / "checkpoint_best.pth.tar")
+    target = build_model(10, pretrained=False, abd_dan=("pam",))
+    info = load_released_checkpoint(target, tmp_path / "checkpoint_best.pth.tar")
+    assert info == {"rank1": pytest.approx(0.956), "epoch": 79}
+    assert torch.equal(target.state_dict()["branches.1.1.sum_conv.1.weight"],
+                       source.state_dict()["branches.1.1.sum_conv.1.weight"])
+    broken = {k: v for k, v in source.state_dict().items() if "pam_module" not in k}
+    torch.save({"state_dict": broken, "rank1": 0, "epoch": 0}, tmp_path / "broken.pth.tar")
+    with pytest.raises(CheckpointError, match="missing key"):
+        load_released_checkpoint(build_model(10, pretrained=False), tmp_path / "broken.pth.tar")
