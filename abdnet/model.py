@@ -170,7 +170,7 @@ class ABDBranch(nn.Module):
 
     def forward(self, x):
         reduced = self.reduction(x)
-        if reduced.shape[2] % self.num_parts:
+        if not torch.jit.is_tracing() and reduced.shape[2] % self.num_parts:
             raise ValueError(f"the feature map height {reduced.shape[2]} is not divisible by "
                              f"abd_np={self.num_parts}; choose --height accordingly")
         maps = {"before": [], "cam": [], "pam": [], "after": []}
