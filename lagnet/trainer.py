@@ -110,7 +110,7 @@ def experiment_dir(args):
     path = EXPERIMENT_ROOT / name
     if path.resolve().parent != EXPERIMENT_ROOT.resolve():
         raise OptionError(f"experiment name {name!r} must be a plain folder name (no '/', '..' or "
-                         f"links out of {EXPERIMENT_ROOT}/); it becomes {EXPERIMENT_ROOT}/<name>")
+                          f"links out of {EXPERIMENT_ROOT}/); it becomes {EXPERIMENT_ROOT}/<name>")
     return path
 
 
@@ -129,12 +129,12 @@ def reset_experiment(path):
 def load_data(args, distributed):
     if args.data_train not in DATASET_NAMES:
         raise OptionError(f"unknown --data_train {args.data_train!r}; choose one of "
-                         f"{', '.join(DATASET_NAMES)}")
+                          f"{', '.join(DATASET_NAMES)}")
     if args.data_test != args.data_train:
         raise OptionError(f"--data_test {args.data_test!r} differs from --data_train "
-                         f"{args.data_train!r}; both name the dataset at --datadir. To test a "
-                         f"model on another dataset, run --test_only with --data_train and "
-                         f"--datadir set to that dataset")
+                          f"{args.data_train!r}; both name the dataset at --datadir. To test a "
+                          f"model on another dataset, run --test_only with --data_train and "
+                          f"--datadir set to that dataset")
     name, options = DATASET_NAMES[args.data_train]
     dataset = build_dataset(name, args.datadir, **options)
     train_set = ImageDataset(dataset.train, build_train_transform(
@@ -182,12 +182,12 @@ def resolve_num_classes(args, dataset, weights):
         found = classes_in_weights(weights)
         if args.num_classes is not None and found is not None and args.num_classes != found:
             raise OptionError(f"--num_classes {args.num_classes} but {weights} was trained with "
-                             f"{found} classes; drop --num_classes")
+                              f"{found} classes; drop --num_classes")
         return found or args.num_classes or dataset.num_train_pids
     if args.num_classes is not None and args.num_classes != dataset.num_train_pids:
         raise OptionError(f"--num_classes {args.num_classes} but {dataset.name} at {args.datadir} "
-                         f"has {dataset.num_train_pids} training identities; drop --num_classes "
-                         f"(it is taken from the data) or point --datadir at the right dataset")
+                          f"has {dataset.num_train_pids} training identities; drop --num_classes "
+                          f"(it is taken from the data) or point --datadir at the right dataset")
     return dataset.num_train_pids
 
 
@@ -346,7 +346,7 @@ def check_options(args):
         raise OptionError("--apex yes: NVIDIA apex is not used; pass --amp for mixed precision")
     if args.epochs < 2 and not args.test_only and not args.train_all_epochs:
         raise OptionError(f"--epochs {args.epochs} trains nothing: the original trains epochs - 1 "
-                         f"epochs (spec §5); use --epochs 2 or more, or --train_all_epochs")
+                          f"epochs (spec §5); use --epochs 2 or more, or --train_all_epochs")
     if args.resume < -1:
         raise OptionError(f"--resume {args.resume}: use -1 (latest), 0 (--pre_train) or N > 0")
     if args.checkpoint_every < 1:
@@ -377,20 +377,19 @@ def _run(args, distributed):
         log.info(f"--reset: removed the previous {folder}")
     seed_everything(args.seed + distributed.rank)
     device = select_device(args.cpu, distributed.local_rank)
-    if distributed.is_main:
-        with atomic_write(folder / "config.txt", "w") as handle:
-            handle.writelines(f"{key}: {value}\n" for key, value in sorted(vars(args).items()))
-
     state_path = folder / "training_state.pt"
-    if (not args.test_only and args.resume != -1 and state_path.exists()):
+    if not args.test_only and args.resume != -1 and state_path.exists():
         raise OptionError(f"{folder} already holds a run ({state_path.name}); continue it with "
-                         f"--resume -1, start it over with --reset, or pick another --save name")
+                          f"--resume -1, start it over with --reset, or pick another --save name")
     weights = weights_to_load(args, folder)
     if weights is not None and not weights.is_file() and not (args.resume == -1
                                                                and state_path.exists()):
         raise CheckpointError(f"weights file {weights} does not exist (--resume {args.resume}"
                               f"{' --pre_train' if args.resume == 0 else ''}); check the path, "
                               f"or for --resume -1 the --save / --load name")
+    if distributed.is_main:
+        with atomic_write(folder / "config.txt", "w") as handle:
+            handle.writelines(f"{key}: {value}\n" for key, value in sorted(vars(args).items()))
 
     dataset, *loaders = load_data(args, distributed)
     log.info(dataset.summary())
@@ -412,9 +411,11 @@ def _run(args, distributed):
         trainer.resume(state_path)
     elif weights is not None:
         ignored = load_weights(model, weights)
-        log.info(f"loaded weights {weights}"
-                 + (f"; ignored {len(ignored)} keys of the original's unused modules "
-                    f"({', '.join(sorted({k.split('.')[0] for k in ignored}))})" if ignored else ""))
+        message = f"loaded weights {weights}"
+        if ignored:
+            modules = ", ".join(sorted({key.split(".")[0] for key in ignored}))
+            message += f"; ignored {len(ignored)} keys of the original's unused modules ({modules})"
+        log.info(message)
 
     if args.test_only:
         if distributed.is_main:

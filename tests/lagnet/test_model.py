@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from common.checkpoint import CheckpointError
 from lagnet.model import (ORIGINAL_UNUSED_PREFIXES, FcWeight, ba_dropblock, build_model,
