@@ -117,3 +117,15 @@ def test_two_process_torchrun_on_cpu(market_mini, tmp_path):
     history = json.loads((tmp_path / "experiment/ddp/history.json").read_text())
     assert [row["epoch"] for row in history["epochs"]] == [1, 2]
     assert [row["epoch"] for row in history["evaluations"]] == [2]  # (200 + 2) % 2 == 0, and last
+
+
+@pytest.mark.slow
+def test_switches_and_re_ranking_reach_the_run(market_mini, in_tmp):
+    run_main(tiny_argv(market_mini, "paper", "--epochs", "1", "--train_all_epochs", "--test_every",
+                       "1", "--part_split", "fixed", "--drop_pool", "fixed", "--re_rank"))
+    folder = in_tmp / "experiment" / "paper"
+    history = json.loads((folder / "history.json").read_text())
+    assert [row["epoch"] for row in history["epochs"]] == [1]  # --train_all_epochs: 1 of 1
+    assert json.loads((folder / "results_best.json").read_text())["re_rank"] is True
+    config = (folder / "config.txt").read_text()
+    assert "part_split: fixed" in config and "drop_pool: fixed" in config
