@@ -1,0 +1,172 @@
+"""ABD-Net's command-line flags: the original ``args.py`` (``../shared/specs/abdnet.md`` §1.2).
+
+Every flag keeps its name, type and default, including the ones that only matter for the original's
+other architectures or video data. :func:`data_augment_steps` reproduces how the original reads
+``--data-augment``; :func:`model_options` turns the architecture flags into
+:func:`abdnet.model.build_model` arguments and refuses the variants this folder does not build.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["DATA_AUGMENT_CHOICES", "build_parser", "data_augment_steps", "model_options"]
+
+DATA_AUGMENT_CHOICES = ("none", "crop", "random-erase", "color-jitter", "crop,random-erase",
+                        "crop,color-jitter", "crop,color-jitter,random-erase")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description="ABD-Net (ICCV 2019) for person re-ID",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    data = parser.add_argument_group("data")
+    data.add_argument("--root", type=str, default="data", help="root of the datasets")
+    data.add_argument("-s", "--source-names", type=str, nargs="+", required=True,
+                      help="training datasets (concatenated)")
+    data.add_argument("-t", "--target-names", type=str, nargs="+", required=True,
+                      help="test datasets (each evaluated)")
+    data.add_argument("-j", "--workers", type=int, default=4, help="DataLoader workers")
+    data.add_argument("--height", type=int, default=256, help="input height")
+    data.add_argument("--width", type=int, default=128, help="input width")
+    data.add_argument("--split-id", type=int, default=0, help="split of CUHK01 / PRID-450s")
+    data.add_argument("--train-sampler", type=str, default="",
+                      help="ignored: the identity sampler is used whenever --criterion is htri")
+    data.add_argument("--data-augment", type=str, nargs="+", default="crop",
+                      choices=DATA_AUGMENT_CHOICES,
+                      help="space-separated; see data_augment_steps for the default's quirk")
+    data.add_argument("--seq-len", type=int, default=15, help="video only; unused")
+    data.add_argument("--sample-method", type=str, default="evenly", help="video only; unused")
+    data.add_argument("--pool-tracklet-features", type=str, default="avg",
+                      help="video only; unused")
+    data.add_argument("--cuhk03-labeled", action="store_true", help="CUHK03 labeled boxes")
+    data.add_argument("--cuhk03-classic-split", action="store_true",
+                      help="CUHK03 classic split (unsupported: the 767/700 split is used)")
+    data.add_argument("--use-metric-cuhk03", action="store_true",
+                      help="CUHK03 single-gallery-shot CMC")
+
+    optim = parser.add_argument_group("optimisation")
+    optim.add_argument("--optim", type=str, default="adam",
+                       choices=("adam", "amsgrad", "sgd", "rmsprop"))
+    optim.add_argument("--lr", type=float, default=3e-4)
+    optim.add_argument("--weight-decay", type=float, default=5e-4)
+    optim.add_argument("--momentum", type=float, default=0.9)
+    optim.add_argument("--sgd-dampening", type=float, default=0)
+    optim.add_argument("--sgd-nesterov", action="store_true")
+    optim.add_argument("--rmsprop-alpha", type=float, default=0.99)
+    optim.add_argument("--adam-beta1", type=float, default=0.9)
+    optim.add_argument("--adam-beta2", type=float, default=0.999)
+
+    schedule = parser.add_argument_group("schedule and losses")
+    schedule.add_argument("--max-epoch", type=int, default=60, help="main epochs")
+    schedule.add_argument("--start-epoch", type=int, default=0)
+    schedule.add_argument("--stepsize", type=int, nargs="+", default=[20, 40],
+                          help="MultiStepLR milestones")
+    schedule.add_argument("--gamma", type=float, default=0.1)
+    schedule.add_argument("--train-batch-size", type=int, default=32)
+    schedule.add_argument("--test-batch-size", type=int, default=100)
+    schedule.add_argument("--fixbase", action="store_true", help="keep the base frozen throughout")
+    schedule.add_argument("--fixbase-epoch", type=int, default=10,
+                          help="warm-up epochs with the backbone frozen, before the main epochs")
+    schedule.add_argument("--open-layers", type=str, nargs="+", default=["classifier"],
+                          help="layers trained during the warm-up (besides the heads)")
+    schedule.add_argument("--criterion", type=str, default="xent", choices=("xent", "htri"))
+    schedule.add_argument("--label-smooth", action="store_true", help="label smoothing, 0.1")
+    schedule.add_argument("--margin", type=float, default=0.3, help="triplet margin")
+    schedule.add_argument("--num-instances", type=int, default=4, help="K images per identity")
+    schedule.add_argument("--htri-only", action="store_true", help="unused, as in the original")
+    schedule.add_argument("--lambda-xent", type=float, default=1)
+    schedule.add_argument("--lambda-htri", type=float, default=0.1)
+    schedule.add_argument("-a", "--arch", type=str, default="resnet50")
+
+    misc = parser.add_argument_group("evaluation and misc")
+    misc.add_argument("--load-weights", type=str, default="", help="weights file to start from")
+    misc.add_argument("--evaluate", action="store_true", help="evaluate only")
+    misc.add_argument("--eval-freq", type=int, default=-1,
+                      help="evaluate every N epochs (-1: only the last)")
+    misc.add_argument("--start-eval", type=int, default=0)
+    misc.add_argument("--flip-eval", action="store_true", help="average with the flipped image")
+    misc.add_argument("--print-freq", type=int, default=10)
+    misc.add_argument("--seed", type=int, default=1)
+    misc.add_argument("--resume", type=str, default="", help="checkpoint to continue from")
+    misc.add_argument("--save-dir", type=str, default="log")
+    misc.add_argument("--use-cpu", action="store_true")
+    misc.add_argument("--gpu-devices", type=str, default="0")
+    misc.add_argument("--use-avai-gpus", action="store_true")
+    misc.add_argument("--visualize-ranks", action="store_true")
+
+    arch = parser.add_argument_group("architecture")
+    arch.add_argument("--compatibility", action="store_true",
+                      help="the original also registered the shallow CAM a second time; unused")
+    arch.add_argument("--branches", type=str, nargs="+", default=["global", "abd"])
+    arch.add_argument("--dropout", type=float, default=0.5)
+    arch.add_argument("--global-dim", type=int, default=1024)
+    arch.add_argument("--global-max-pooling", action="store_true")
+    arch.add_argument("--abd-dim", type=int, default=1024)
+    arch.add_argument("--abd-np", type=int, default=2)
+    arch.add_argument("--abd-dan", type=str, nargs="+", default=[])
+    arch.add_argument("--abd-dan-no-head", action="store_true")
+    arch.add_argument("--shallow-cam", action="store_true")
+    arch.add_argument("--np-dim", type=int, default=1024)
+    arch.add_argument("--np-np", type=int, default=2)
+    arch.add_argument("--np-with-global", action="store_true")
+    arch.add_argument("--np-max-pooling", action="store_true")
+    arch.add_argument("--dan-dim", type=int, default=1024)
+    arch.add_argument("--dan-dan", type=str, nargs="+", default=[])
+    arch.add_argument("--dan-dan-no-head", action="store_true")
+
+    regular = parser.add_argument_group("regularisers")
+    regular.add_argument("--use-of", action="store_true", help="O.F. on feature maps")
+    regular.add_argument("--of-beta", type=float, default=1e-6)
+    regular.add_argument("--of-start-epoch", type=int, default=23)
+    regular.add_argument("--of-position", type=str, nargs="+",
+                         default=["before", "after", "cam", "pam", "intermediate"])
+    regular.add_argument("--use-ow", action="store_true", help="O.W. on conv weights")
+    regular.add_argument("--ow-beta", type=float, default=1e-3)
+
+    beyond = parser.add_argument_group("beyond the original")
+    beyond.add_argument("--no-pretrained", action="store_true",
+                        help="random initialisation instead of ImageNet weights")
+    beyond.add_argument("--pretrained-path", type=str, default=None,
+                        help="ImageNet ResNet-50 weights file (default: the torch hub cache)")
+    beyond.add_argument("--amp", action="store_true", help="float16 mixed precision on CUDA")
+    beyond.add_argument("--cam-softmax", default="code", choices=("code", "paper"),
+                        help="code: softmax(-E) (released); paper: softmax(+E)")
+    beyond.add_argument("--ow-scope", default="stem_only", choices=("stem_only", "all"),
+                        help="stem_only: the stem conv (released); all: every backbone conv")
+    return parser
+
+
+def data_augment_steps(data_augment):
+    """``(crop, random_erase)`` as the original decides them from ``--data-augment``.
+
+    The original tests membership in ``set(data_augment)``. Given as flags (a list) that is what
+    a user expects. The default, though, is the string ``'crop'``, whose set is its letters, so the
+    default applies neither crop nor erasing; the comma forms match nothing either (spec §6.6).
+    ``color-jitter`` adds a jitter of strength zero, so it changes nothing.
+    """
+    steps = set(data_augment)
+    return "crop" in steps, "random-erase" in steps
+
+
+def model_options(args):
+    """:func:`abdnet.model.build_model` keyword arguments for ``args``.
+
+    Raises ValueError for the original's variants that the paper does not use and this folder
+    does not build (other archs, the ``np`` / ``dan`` branches, head-less or max-pooled heads).
+    """
+    unsupported = []
+    if args.arch != "resnet50":
+        unsupported.append(f"--arch {args.arch}")
+    if sorted(args.branches) != ["abd", "global"]:
+        unsupported.append(f"--branches {' '.join(args.branches)}")
+    for flag in ("global_max_pooling", "abd_dan_no_head"):
+        if getattr(args, flag):
+            unsupported.append("--" + flag.replace("_", "-"))
+    if unsupported:
+        raise ValueError(f"{', '.join(unsupported)}: only the paper's model is built here "
+                         f"(--arch resnet50 --branches global abd, average-pooled heads); the "
+                         f"original's other variants were not used for its results")
+    return {"shallow_cam": args.shallow_cam, "abd_dan": tuple(args.abd_dan),
+            "abd_np": args.abd_np, "global_dim": args.global_dim, "abd_dim": args.abd_dim,
+            "dropout": args.dropout, "cam_softmax": args.cam_softmax,
+            "pretrained": not args.no_pretrained, "weights_path": args.pretrained_path}
