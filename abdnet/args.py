@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 
+from common.runtime import add_runtime_flags
+
 __all__ = ["DATA_AUGMENT_CHOICES", "build_parser", "data_augment_steps", "model_options"]
 
 DATA_AUGMENT_CHOICES = ("none", "crop", "random-erase", "color-jitter", "crop,random-erase",
@@ -124,11 +126,7 @@ def build_parser():
     regular.add_argument("--ow-beta", type=float, default=1e-3)
 
     beyond = parser.add_argument_group("beyond the original")
-    beyond.add_argument("--no-pretrained", action="store_true",
-                        help="random initialisation instead of ImageNet weights")
-    beyond.add_argument("--pretrained-path", type=str, default=None,
-                        help="ImageNet ResNet-50 weights file (default: the torch hub cache)")
-    beyond.add_argument("--amp", action="store_true", help="float16 mixed precision on CUDA")
+    add_runtime_flags(beyond, separator="-")
     beyond.add_argument("--cam-softmax", default="code", choices=("code", "paper"),
                         help="code: softmax(-E) (released); paper: softmax(+E)")
     beyond.add_argument("--ow-scope", default="stem_only", choices=("stem_only", "all"),

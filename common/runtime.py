@@ -19,8 +19,19 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["Distributed", "autocast", "close_distributed", "grad_scaler", "init_distributed", "is_main_process",
+__all__ = ["Distributed", "add_runtime_flags", "autocast", "close_distributed", "grad_scaler", "init_distributed", "is_main_process",
            "select_device", "seed_everything", "setup_logging"]
+
+
+def add_runtime_flags(group, separator="-"):
+    """Adds the flags every method has beyond its original CLI, spelt in that CLI's style
+    (``separator`` "_" gives ``--no_pretrained``, "-" gives ``--no-pretrained``); the attribute
+    names are ``no_pretrained``, ``pretrained_path`` and ``amp`` either way."""
+    group.add_argument(f"--no{separator}pretrained", action="store_true",
+                       help="random initialisation instead of ImageNet weights")
+    group.add_argument(f"--pretrained{separator}path", type=str, default=None,
+                       help="ImageNet ResNet-50 weights file (default: the torch hub cache)")
+    group.add_argument("--amp", action="store_true", help="float16 mixed precision on CUDA")
 
 
 def select_device(cpu=False, local_rank=0):

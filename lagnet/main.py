@@ -15,6 +15,7 @@ import sys
 from common.checkpoint import CheckpointError
 from common.data import DatasetError
 from common.layers.resnet import PretrainedWeightsError
+from common.runtime import add_runtime_flags
 from lagnet.trainer import DATASET_NAMES, OptionError, run
 
 
@@ -81,11 +82,7 @@ def build_parser():
     add("--save_models", action="store_true", help="also keep model/model_<epoch>.pt")
     add("--pre_train", type=str, default="", help="weights file for --resume 0")
     beyond = parser.add_argument_group("beyond the original")
-    beyond.add_argument("--no_pretrained", action="store_true",
-                        help="random initialisation instead of ImageNet weights")
-    beyond.add_argument("--pretrained_path", type=str, default=None,
-                        help="ImageNet ResNet-50 weights file (default: the torch hub cache)")
-    beyond.add_argument("--amp", action="store_true", help="float16 mixed precision on CUDA")
+    add_runtime_flags(beyond, separator="_")
     beyond.add_argument("--seed", type=int, default=0, help="seed of every random draw")
     beyond.add_argument("--part_split", default="faithful", choices=("faithful", "fixed"),
                         help="faithful: p0 = p1 = p2 = 2*g_ps (released code); fixed: 3 stripes")
