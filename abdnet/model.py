@@ -294,10 +294,8 @@ def load_released_checkpoint(model, path):
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} holds no state_dict")
-    try:
-        load_state_dict_checked(model, remap_original_state_dict(state), source=str(path))
-    except RuntimeError as err:
-        raise CheckpointError(f"{err}. Was {path} trained with the same architecture flags "
-                              f"(--abd-dan, --abd-np, --shallow-cam) and class count?") from None
+    load_state_dict_checked(model, remap_original_state_dict(state), source=str(path),
+                            hint=". Was it trained with the same architecture flags (--abd-dan, "
+                                 "--abd-np, --shallow-cam) and class count?")
     return {"rank1": float(checkpoint.get("rank1", float("nan"))),
             "epoch": int(checkpoint.get("epoch", -1))}

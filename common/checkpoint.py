@@ -41,22 +41,28 @@ def _legacy_numpy_globals():
 LEGACY_NUMPY_GLOBALS = _legacy_numpy_globals()
 
 
-def load_state_dict_checked(module, state_dict, ignore_unexpected=(), source="checkpoint"):
+def load_state_dict_checked(module, state_dict, ignore_unexpected=(), source="checkpoint",
+                            hint=""):
     """Loads ``state_dict`` non-strictly and reports every key that did not match.
 
     A missing key is an error. Unexpected keys are errors too unless they start with one of
-    ``ignore_unexpected`` (those are returned). Shape mismatches raise as in ``load_state_dict``.
+    ``ignore_unexpected`` (those are returned). Every error, shape mismatches included, is a
+    :class:`CheckpointError` that names ``source`` and ends with ``hint`` (what to check).
 
     Returns:
         the list of ignored unexpected keys.
     """
-    result = module.load_state_dict(state_dict, strict=False)
+    try:
+        result = module.load_state_dict(state_dict, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        raise CheckpointError(f"{source} does not match the model: {err}{hint}") from None
     ignored = [k for k in result.unexpected_keys if k.startswith(tuple(ignore_unexpected))]
     unexpected = [k for k in result.unexpected_keys if k not in ignored]
     if result.missing_keys or unexpected:
-        raise RuntimeError(
+        raise CheckpointError(
             f"{source} does not match the model: {len(result.missing_keys)} missing key(s) "
-            f"{result.missing_keys[:10]}, {len(unexpected)} unexpected key(s) {unexpected[:10]}")
+            f"{result.missing_keys[:10]}, {len(unexpected)} unexpected key(s) {unexpected[:10]}"
+            f"{hint}")
     return ignored
 
 

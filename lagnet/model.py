@@ -27,11 +27,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.checkpoint import CheckpointError, load_checkpoint, load_state_dict_checked
+from common.checkpoint import load_checkpoint, load_state_dict_checked
 from common.layers.resnet import build_resnet50, remove_stage_stride
 
 __all__ = ["FcWeight", "LAG", "LAGOutputs", "ORIGINAL_UNUSED_PREFIXES", "build_model",
-           "load_weights"]
+           "load_weights", "read_weights"]
 
 NUM_STREAM_CHANNELS = 2048
 NUM_PARTS = 3
@@ -227,21 +227,21 @@ def build_model(num_classes, **options):
     return LAG(num_classes, **options)
 
 
-def load_weights(model, path):
-    """Loads model weights from ``path`` and returns the keys that were ignored.
-
-    Accepts a plain state_dict (the original code's ``model_*.pt``, with or without a
-    ``module.`` prefix) or a training checkpoint of ours (its ``"model"`` entry). Keys of the
-    original's unused modules (:data:`ORIGINAL_UNUSED_PREFIXES`) are ignored and returned; any
-    other missing or unexpected key is an error.
-    """
+def read_weights(path):
+    """The model state_dict in ``path``: a plain state_dict (the original code's ``model_*.pt``,
+    with or without a ``module.`` prefix) or a training checkpoint of ours (its ``"model"``)."""
     state = load_checkpoint(path)
     if isinstance(state, dict) and "model" in state and "epoch" in state:
         state = state["model"]
-    state = {key.removeprefix("module."): value for key, value in state.items()}
-    try:
-        return load_state_dict_checked(model, state, ignore_unexpected=ORIGINAL_UNUSED_PREFIXES,
-                                       source=f"weights {path}")
-    except RuntimeError as err:  # missing / unexpected keys or a shape mismatch
-        raise CheckpointError(f"{err}. Is {path} a LAG-Net checkpoint built with the same "
-                              f"--num_attentions and --feats?") from None
+    return {key.removeprefix("module."): value for key, value in state.items()}
+
+
+def load_weights(model, state, source="weights"):
+    """Loads a :func:`read_weights` state_dict and returns the keys that were ignored.
+
+    Keys of the original's unused modules (:data:`ORIGINAL_UNUSED_PREFIXES`) are ignored and
+    returned; any other missing or unexpected key is a CheckpointError.
+    """
+    return load_state_dict_checked(
+        model, state, ignore_unexpected=ORIGINAL_UNUSED_PREFIXES, source=source,
+        hint=". Is it a LAG-Net checkpoint built with the same --num_attentions and --feats?")

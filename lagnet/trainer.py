@@ -22,8 +22,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from common.checkpoint import (CheckpointError, load_checkpoint, resume_from, save_checkpoint,
-                               unwrap_model)
+from common.checkpoint import CheckpointError, resume_from, save_checkpoint, unwrap_model
 from common.data import ImageDataset, build_dataset
 from common.data.transforms import build_test_transform, build_train_transform
 from common.eval import compute_distance_matrix, evaluate_rank, extract_features, re_ranking
@@ -33,7 +32,7 @@ from common.history import TrainingHistory
 from common.runtime import (autocast, close_distributed, grad_scaler, init_distributed,
                             seed_everything, select_device, setup_logging)
 from lagnet.loss import LAGLoss, parse_loss_string
-from lagnet.model import build_model, load_weights
+from lagnet.model import build_model, load_weights, read_weights
 from lagnet.sampler import IdentityGroupSampler
 
 __all__ = ["DATASET_NAMES", "OptionError", "parse_decay_type", "run"]
@@ -165,21 +164,12 @@ def weights_to_load(args, folder):
     return Path(args.pre_train) if args.pre_train else None
 
 
-def classes_in_weights(path):
-    """The classifier width of a LAG weights file, or None when it has none."""
-    state = load_checkpoint(path)
-    if isinstance(state, dict) and "model" in state and "epoch" in state:
-        state = state["model"]
-    for key, value in state.items():
-        if key.removeprefix("module.") == "classifier_gs.classifier.0.weight":
-            return int(value.shape[0])
-    return None
-
-
-def resolve_num_classes(args, dataset, weights):
-    """``--num_classes``: the training identities; for ``--test_only``, the weights' width."""
-    if args.test_only and weights is not None and weights.is_file():
-        found = classes_in_weights(weights)
+def resolve_num_classes(args, dataset, weights, state):
+    """``--num_classes``: the training identities; for ``--test_only``, the width of the
+    classifiers in ``state`` (the weights read from the file ``weights``)."""
+    if args.test_only and state is not None:
+        classifier = state.get("classifier_gs.classifier.0.weight")
+        found = None if classifier is None else int(classifier.shape[0])
         if args.num_classes is not None and found is not None and args.num_classes != found:
             raise OptionError(f"--num_classes {args.num_classes} but {weights} was trained with "
                               f"{found} classes; drop --num_classes")
@@ -310,8 +300,6 @@ class Trainer:
             if evaluate or last or self.epoch % self.args.checkpoint_every == 0:
                 self.save(results)
                 _barrier(self.distributed)
-        if self.is_main:
-            self.write_history()
 
 
 def _save_state_dict(state, path):
@@ -381,9 +369,9 @@ def _run(args, distributed):
     if not args.test_only and args.resume != -1 and state_path.exists():
         raise OptionError(f"{folder} already holds a run ({state_path.name}); continue it with "
                           f"--resume -1, start it over with --reset, or pick another --save name")
-    weights = weights_to_load(args, folder)
-    if weights is not None and not weights.is_file() and not (args.resume == -1
-                                                               and state_path.exists()):
+    full_resume = args.resume == -1 and state_path.exists() and not args.test_only
+    weights = None if full_resume else weights_to_load(args, folder)
+    if weights is not None and not weights.is_file():
         raise CheckpointError(f"weights file {weights} does not exist (--resume {args.resume}"
                               f"{' --pre_train' if args.resume == 0 else ''}); check the path, "
                               f"or for --resume -1 the --save / --load name")
@@ -393,10 +381,12 @@ def _run(args, distributed):
 
     dataset, *loaders = load_data(args, distributed)
     log.info(dataset.summary())
-    num_classes = resolve_num_classes(args, dataset, weights)
+    state = read_weights(weights) if weights is not None else None
+    num_classes = resolve_num_classes(args, dataset, weights, state)
+    from_file = full_resume or state is not None
     model = build_model(num_classes, num_attentions=args.num_attentions, feats=args.feats,
                         part_split=args.part_split, drop_pool=args.drop_pool,
-                        pretrained=not args.no_pretrained and weights is None,
+                        pretrained=not args.no_pretrained and not from_file,
                         weights_path=args.pretrained_path).to(device)
     terms = parse_loss_string(args.loss)
     criterion = LAGLoss(terms, num_classes, margin=args.margin,
@@ -407,10 +397,10 @@ def _run(args, distributed):
     trainer = Trainer(args, folder, model, criterion, optimizer, scheduler, device, distributed,
                       (dataset, *loaders))
 
-    if args.resume == -1 and state_path.exists() and not args.test_only:
+    if full_resume:
         trainer.resume(state_path)
-    elif weights is not None:
-        ignored = load_weights(model, weights)
+    elif state is not None:
+        ignored = load_weights(model, state, source=f"weights {weights}")
         message = f"loaded weights {weights}"
         if ignored:
             modules = ", ".join(sorted({key.split(".")[0] for key in ignored}))

@@ -4,13 +4,14 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from lagnet.main import main
 
-PROJECT_ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def tiny_argv(datadir, save, *extra):
@@ -18,10 +19,6 @@ def tiny_argv(datadir, save, *extra):
             "--height", "64", "--width", "32", "--num_attentions", "4", "--cpu", "--no_pretrained",
             "--nThread", "0", "--loss", "1*CrossEntropy+2*Triplet+1*L2", "--optimizer", "ADAM",
             "--amsgrad", "--random_erasing", "--save", save, *extra]
-
-
-def run_main(argv):
-    main(argv)
 
 
 def exit_message(argv):
@@ -42,7 +39,7 @@ def in_tmp(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_train_evaluate_resume_and_test_only(market_mini, in_tmp, capsys):
-    run_main(tiny_argv(market_mini, "straight", "--epochs", "3", "--test_every", "1"))
+    main(tiny_argv(market_mini, "straight", "--epochs", "3", "--test_every", "1"))
     out = capsys.readouterr().out
     assert "LAG-Net on market1501 (best, epoch" in out and "R10" in out
     folder = in_tmp / "experiment" / "straight"
@@ -62,8 +59,8 @@ def test_train_evaluate_resume_and_test_only(market_mini, in_tmp, capsys):
     assert "classifier_gs.classifier.0.weight" in load_state(folder / "model/model_latest.pt")
 
     # the same two epochs, interrupted after the first and resumed with --resume -1
-    run_main(tiny_argv(market_mini, "split", "--epochs", "2", "--test_every", "1"))
-    run_main(tiny_argv(market_mini, "split", "--epochs", "3", "--test_every", "1", "--resume", "-1"))
+    main(tiny_argv(market_mini, "split", "--epochs", "2", "--test_every", "1"))
+    main(tiny_argv(market_mini, "split", "--epochs", "3", "--test_every", "1", "--resume", "-1"))
     straight = load_state(folder / "model/model_latest.pt")
     resumed = load_state(in_tmp / "experiment/split/model/model_latest.pt")
     assert all(torch.equal(straight[key], resumed[key]) for key in straight)
@@ -72,7 +69,7 @@ def test_train_evaluate_resume_and_test_only(market_mini, in_tmp, capsys):
 
     # --test_only on the best weights reproduces the best evaluation
     capsys.readouterr()
-    run_main(tiny_argv(market_mini, "check", "--test_only", "--pre_train",
+    main(tiny_argv(market_mini, "check", "--test_only", "--pre_train",
                        str(folder / "model/model_best.pt")))
     assert "test_only" in capsys.readouterr().out
     tested = json.loads((in_tmp / "experiment/check/results_test_only.json").read_text())
@@ -94,11 +91,11 @@ def test_user_errors_are_named(market_mini, in_tmp, monkeypatch):
 
 @pytest.mark.slow
 def test_an_existing_run_is_never_overwritten_and_reset_stays_inside(market_mini, in_tmp):
-    run_main(tiny_argv(market_mini, "run", "--epochs", "2", "--test_every", "0"))
+    main(tiny_argv(market_mini, "run", "--epochs", "2", "--test_every", "0"))
     assert "already holds a run" in exit_message(tiny_argv(market_mini, "run", "--epochs", "2"))
     (in_tmp / "experiment" / "keep.txt").write_text("not part of the run")
     (in_tmp / "precious.txt").write_text("not part of the run")
-    run_main(tiny_argv(market_mini, "run", "--epochs", "2", "--test_every", "0", "--reset"))
+    main(tiny_argv(market_mini, "run", "--epochs", "2", "--test_every", "0", "--reset"))
     assert (in_tmp / "experiment" / "keep.txt").is_file() and (in_tmp / "precious.txt").is_file()
     assert "--reset: removed" in (in_tmp / "experiment/run/log.txt").read_text()
 
@@ -121,7 +118,7 @@ def test_two_process_torchrun_on_cpu(market_mini, tmp_path):
 
 @pytest.mark.slow
 def test_switches_and_re_ranking_reach_the_run(market_mini, in_tmp):
-    run_main(tiny_argv(market_mini, "paper", "--epochs", "1", "--train_all_epochs", "--test_every",
+    main(tiny_argv(market_mini, "paper", "--epochs", "1", "--train_all_epochs", "--test_every",
                        "1", "--part_split", "fixed", "--drop_pool", "fixed", "--re_rank"))
     folder = in_tmp / "experiment" / "paper"
     history = json.loads((folder / "history.json").read_text())

@@ -6,7 +6,7 @@ import torch
 from common.checkpoint import CheckpointError
 from lagnet.model import (ORIGINAL_UNUSED_PREFIXES, FcWeight, ba_dropblock, build_model,
                           load_weights, local_attention, normalize_feature_matrix,
-                          select_top_maps)
+                          read_weights, select_top_maps)
 
 
 def count(module):
@@ -208,7 +208,8 @@ def test_original_checkpoint_loads_with_unused_keys_reported(tiny_models, tmp_pa
     state["channel_attention.fc.0.weight"] = torch.zeros(128, 2048)
     state["reduction_5.0.weight"] = torch.zeros(256, 2048, 1, 1)
     torch.save(state, tmp_path / "model_best.pt")
-    ignored = load_weights(build_model(10, pretrained=False), tmp_path / "model_best.pt")
+    ignored = load_weights(build_model(10, pretrained=False),
+                           read_weights(tmp_path / "model_best.pt"))
     assert sorted(ignored) == ["channel_attention.fc.0.weight", "reduction_5.0.weight",
                                "test.fc.weight"]
     assert all(key.startswith(ORIGINAL_UNUSED_PREFIXES) for key in ignored)
@@ -217,7 +218,7 @@ def test_original_checkpoint_loads_with_unused_keys_reported(tiny_models, tmp_pa
     state["module.extra.weight"] = torch.zeros(1)
     torch.save(state, tmp_path / "broken.pt")
     with pytest.raises(CheckpointError, match="attentions.conv.weight"):
-        load_weights(build_model(10, pretrained=False), tmp_path / "broken.pt")
+        load_weights(build_model(10, pretrained=False), read_weights(tmp_path / "broken.pt"))
 
 
 def test_bad_options_are_rejected():
