@@ -1,8 +1,8 @@
 """ABD-Net's command-line flags: the original ``args.py`` (``../shared/specs/abdnet.md`` §1.2).
 
 Every flag keeps its name, type and default, including the ones that only matter for the original's
-other architectures or video data. :func:`data_augment_steps` reproduces how the original reads
-``--data-augment``; :func:`model_options` turns the architecture flags into
+other architectures or video data. :func:`data_augment_steps` reads ``--data-augment`` (the
+default's quirk kept, the comma forms fixed); :func:`model_options` turns the architecture flags into
 :func:`abdnet.model.build_model` arguments and refuses the variants this folder does not build.
 """
 
@@ -35,7 +35,8 @@ def build_parser():
                       help="ignored: the identity sampler is used whenever --criterion is htri")
     data.add_argument("--data-augment", type=str, nargs="+", default="crop",
                       choices=DATA_AUGMENT_CHOICES,
-                      help="space-separated; see data_augment_steps for the default's quirk")
+                      help="space-separated or comma forms; the default applies no augmentation "
+                           "(the original's quirk, kept)")
     data.add_argument("--seq-len", type=int, default=15, help="video only; unused")
     data.add_argument("--sample-method", type=str, default="evenly", help="video only; unused")
     data.add_argument("--pool-tracklet-features", type=str, default="avg",
@@ -131,18 +132,25 @@ def build_parser():
                         help="code: softmax(-E) (released); paper: softmax(+E)")
     beyond.add_argument("--ow-scope", default="stem_only", choices=("stem_only", "all"),
                         help="stem_only: the stem conv (released); all: every backbone conv")
+    beyond.add_argument("--no-epoch-checkpoints", action="store_true",
+                        help="skip checkpoint_ep<N>.pth.tar (the original writes one per main "
+                             "epoch, about 280 MB each); best and training state are still kept")
     return parser
 
 
 def data_augment_steps(data_augment):
-    """``(crop, random_erase)`` as the original decides them from ``--data-augment``.
+    """``(crop, random_erase)`` as decided by ``--data-augment``.
 
-    The original tests membership in ``set(data_augment)``. Given as flags (a list) that is what
-    a user expects. The default, though, is the string ``'crop'``, whose set is its letters, so the
-    default applies neither crop nor erasing; the comma forms match nothing either (spec §6.6).
-    ``color-jitter`` adds a jitter of strength zero, so it changes nothing.
+    Given as flags (a list), each value may also be a comma form (``crop,random-erase``): the
+    original accepted those but matched none of their steps (issue #9, spec §6.6), which silently
+    trained without augmentation; here they mean what they say. The default is kept as released:
+    it is the string ``'crop'``, which the original reads letter by letter, so a run without
+    ``--data-augment`` applies neither crop nor erasing. ``color-jitter`` adds a jitter of
+    strength zero in the original, so it changes nothing.
     """
-    steps = set(data_augment)
+    if isinstance(data_augment, str):  # the default: set('crop') == {'c', 'r', 'o', 'p'}
+        return False, False
+    steps = {step for value in data_augment for step in value.split(",")}
     return "crop" in steps, "random-erase" in steps
 
 

@@ -18,6 +18,8 @@ subtracts the energy from its row maximum); ``"paper"`` uses softmax(+E) (§2.4)
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -26,8 +28,9 @@ import torch.nn.functional as F
 from common.checkpoint import CheckpointError, load_checkpoint, load_state_dict_checked
 from common.layers.resnet import build_resnet50
 
-__all__ = ["ABDBranch", "ABDNet", "CAM", "DANetHead", "GlobalBranch", "PAM", "build_model",
-           "load_released_checkpoint", "remap_original_state_dict"]
+__all__ = ["ABDBranch", "ABDNet", "CAM", "DANetHead", "GlobalBranch", "PAM", "ReleasedCheckpoint",
+           "build_model", "load_released_checkpoint", "read_released_checkpoint",
+           "remap_original_state_dict"]
 
 
 class CAM(nn.Module):
@@ -282,20 +285,52 @@ def remap_original_state_dict(state_dict):
     return remapped
 
 
-def load_released_checkpoint(model, path):
-    """Loads an original ABD-Net file (``{"state_dict", "rank1", "epoch"}``, §2.10) into
-    ``model``, either branch order, and returns the file's ``rank1`` and ``epoch``.
+@dataclass
+class ReleasedCheckpoint:
+    """An original ABD-Net file read by :func:`read_released_checkpoint`: its state_dict already
+    in this model's branch order, and the ``rank1`` and ``epoch`` it records."""
+
+    path: Path
+    state_dict: dict
+    rank1: float
+    epoch: int
+
+    @property
+    def num_classes(self):
+        """The width of the global classifier, or None when the file has none."""
+        weight = self.state_dict.get("branches.0.1.classifier.weight")
+        return None if weight is None else int(weight.shape[0])
+
+
+def read_released_checkpoint(path):
+    """Reads an original file (``{"state_dict", "rank1", "epoch"}``, §2.10; a bare state_dict and
+    this folder's ``training_state.pth.tar`` are accepted too).
 
     ``rank1`` is a pickled NumPy scalar; it loads through common.checkpoint's allow-list, never
-    through unrestricted unpickling. Unlike the original loader, which skips keys that do not
-    match, every missing or unexpected key is an error that lists them.
+    through unrestricted unpickling.
     """
     checkpoint = load_checkpoint(path)
-    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
-    if not isinstance(state, dict):
+    if not isinstance(checkpoint, dict):
         raise CheckpointError(f"{path} holds no state_dict")
-    load_state_dict_checked(model, remap_original_state_dict(state), source=str(path),
+    state = checkpoint.get("state_dict", checkpoint.get("model", checkpoint))
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise CheckpointError(f"{path} holds no state_dict (a dict of tensors under "
+                              f"'state_dict')")
+    return ReleasedCheckpoint(Path(path), remap_original_state_dict(state),
+                              float(checkpoint.get("rank1", float("nan"))),
+                              int(checkpoint.get("epoch", -1)))
+
+
+def load_released_checkpoint(model, checkpoint):
+    """Loads an original ABD-Net file (a path, or what :func:`read_released_checkpoint` returned)
+    into ``model``, either branch order; returns ``{"rank1", "epoch"}`` as the file records them.
+
+    Unlike the original loader, which skips keys that do not match, every missing or unexpected
+    key, and every shape mismatch, is an error that lists them.
+    """
+    if not isinstance(checkpoint, ReleasedCheckpoint):
+        checkpoint = read_released_checkpoint(checkpoint)
+    load_state_dict_checked(model, checkpoint.state_dict, source=str(checkpoint.path),
                             hint=". Was it trained with the same architecture flags (--abd-dan, "
                                  "--abd-np, --shallow-cam) and class count?")
-    return {"rank1": float(checkpoint.get("rank1", float("nan"))),
-            "epoch": int(checkpoint.get("epoch", -1))}
+    return {"rank1": checkpoint.rank1, "epoch": checkpoint.epoch}

@@ -13,11 +13,15 @@ __all__ = ["atomic_write"]
 @contextlib.contextmanager
 def atomic_write(path, mode="wb"):
     """Opens a temporary file beside ``path``; on success it is flushed, synced and renamed onto
-    ``path``. If the block raises, the temporary file is removed and ``path`` is untouched."""
+    ``path``. If the block raises, the temporary file is removed and ``path`` is untouched.
+
+    The file gets the permissions a plain ``open`` would give it (0666 less the umask), not the
+    private 0600 of a temporary file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_current_umask())
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
@@ -27,3 +31,9 @@ def atomic_write(path, mode="wb"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _current_umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

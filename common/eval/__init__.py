@@ -5,6 +5,8 @@ from common.eval.features import extract_features
 from common.eval.rank import PROTOCOLS, evaluate_rank
 from common.eval.report import format_results, summary_line, write_results_json
 from common.eval.rerank import re_ranking
+from common.eval.visualize import visualize_ranked_results
 
 __all__ = ["METRICS", "PROTOCOLS", "compute_distance_matrix", "evaluate_rank", "extract_features",
-           "format_results", "re_ranking", "summary_line", "write_results_json"]
+           "format_results", "re_ranking", "summary_line", "visualize_ranked_results",
+           "write_results_json"]

@@ -37,11 +37,12 @@ def test_bare_defaults_are_the_weak_setting_of_issue_36():
 @pytest.mark.parametrize("value, steps", [
     (["crop"], (True, False)),
     (["random-erase"], (False, True)),
-    (["crop,random-erase"], (False, False)),  # the comma forms match nothing (issue #9)
+    (["crop,random-erase"], (True, True)),  # matched nothing in the original (issue #9)
+    (["crop,color-jitter,random-erase"], (True, True)),
     (["none"], (False, False)),
     (["crop", "color-jitter"], (True, False)),
 ])
-def test_data_augment_as_the_original_reads_it(value, steps):
+def test_data_augment_space_and_comma_forms(value, steps):
     assert data_augment_steps(value) == steps
 
 

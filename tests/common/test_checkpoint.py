@@ -1,4 +1,6 @@
+import os
 import random
+import stat
 
 import numpy as np
 import pytest
@@ -86,3 +88,12 @@ def test_resume_reports_mismatched_keys(tmp_path):
     with pytest.raises(CheckpointError, match="no optimizer state"):
         model = nn.Linear(2, 2)
         resume_from(path, model, torch.optim.SGD(model.parameters(), lr=1))
+
+
+def test_written_files_get_the_umask_permissions_not_0600(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = save_checkpoint(tmp_path / "ckpt.pt", model=nn.Linear(2, 2), epoch=1)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644

@@ -1,0 +1,39 @@
+"""ABD-Net's command line: the original ``train.py`` with its ``args.py`` flags (spec §1).
+
+The README's training command of the original, run unchanged (``path/to/dir`` is the output):
+
+    python abdnet/main.py -s market1501 -t market1501 --flip-eval --eval-freq 1 --label-smooth \\
+        --criterion htri --lambda-htri 0.1 --data-augment crop random-erase --margin 1.2 \\
+        --train-batch-size 64 --height 384 --width 128 --optim adam --lr 0.0003 \\
+        --stepsize 20 40 --gpu-devices 4,5 --max-epoch 80 --save-dir path/to/dir \\
+        --arch resnet50 --use-of --abd-dan cam pam --abd-np 2 --shallow-cam --use-ow
+
+and its test: the same flags plus ``--evaluate --load-weights path/to/checkpoint.pth.tar``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from abdnet.args import build_parser
+from abdnet.trainer import OptionError, run
+from common.checkpoint import CheckpointError
+from common.data import DatasetError
+from common.layers.resnet import PretrainedWeightsError
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    # --gpu-devices selects the GPUs as in the original (before CUDA starts); under torchrun the
+    # launcher's CUDA_VISIBLE_DEVICES and LOCAL_RANK decide instead.
+    if not args.use_avai_gpus and "LOCAL_RANK" not in os.environ:
+        os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu_devices
+    try:
+        run(args)
+    except (OptionError, DatasetError, CheckpointError, PretrainedWeightsError) as err:
+        sys.exit(f"abdnet/main.py: error: {err}")
+
+
+if __name__ == "__main__":
+    main()

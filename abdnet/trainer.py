@@ -1,0 +1,493 @@
+"""Training and evaluation behind ``abdnet/main.py`` (``../shared/specs/abdnet.md`` §4-§5).
+
+The run is the released ``train.py``'s:
+
+1. ``--fixbase-epoch`` warm-up epochs (10 by default) before the main loop: only the heads and
+   the attention modules train (:func:`open_specified_layers`), the rest is frozen and kept in
+   eval mode; no O.F./O.W.; the scheduler is not stepped; afterwards the optimizer state is reset.
+2. ``--max-epoch`` main epochs with every layer open, MultiStepLR stepped after each epoch, O.W.
+   from main epoch 0 and O.F. from ``--of-start-epoch``. After each one ``checkpoint_ep{N}.pth.tar``
+   is written (``{state_dict, rank1: 0, epoch}``); every ``--eval-freq`` epochs and at the last,
+   each ``-t`` dataset is evaluated (3,072-d features, flip-averaged with ``--flip-eval``, not
+   normalised, squared Euclidean distance) and ``checkpoint_best.pth.tar`` keeps the best rank-1
+   of the last target.
+
+Beyond the original: ``training_state.pth.tar`` (weights, optimizer, schedule, random states,
+history) after every epoch, so ``--resume`` continues exactly; python, NumPy and torch seeded;
+a run never overwrites another run's files; torchrun DDP, ``--amp``, progress bars,
+``history.json`` with loss and metric plots.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from abdnet.args import data_augment_steps, model_options
+from abdnet.loss import ABDLoss
+from abdnet.model import build_model, load_released_checkpoint, read_released_checkpoint
+from common.checkpoint import CheckpointError, load_checkpoint, resume_from, save_checkpoint, unwrap_model
+from common.data import ImageDataset, RandomIdentitySampler, Sample, build_dataset
+from common.data.transforms import CIFAR_MEAN, build_test_transform, build_train_transform
+from common.eval import (compute_distance_matrix, evaluate_rank, extract_features, format_results,
+                         visualize_ranked_results)
+from common.eval.report import results_to_dict
+from common.files import atomic_write
+from common.history import TrainingHistory
+from common.runtime import (autocast, close_distributed, grad_scaler, init_distributed,
+                            seed_everything, select_device, setup_logging)
+
+__all__ = ["OPEN_LAYER_KEYWORDS", "OptionError", "TRAINING_STATE", "open_all_layers",
+           "open_specified_layers", "run"]
+
+log = logging.getLogger("abdnet")
+
+TRAINING_STATE = "training_state.pth.tar"
+# A module whose name contains one of these stays trainable in the fixbase epochs (§4.3).
+OPEN_LAYER_KEYWORDS = ("classifier", "fc", "reduction", "cam_module", "pam_module", "sum_conv",
+                       "before_module")
+# -s / -t keys of the original that common/ reads; the others (viper, grid, ilids, ...) are refused.
+SUPPORTED_DATASETS = ("market1501", "dukemtmcreid", "msmt17", "cuhk03", "cuhk01", "prid450s")
+
+
+class OptionError(ValueError):
+    """A command-line value that cannot run; the message names the flag and the fix."""
+
+
+def open_specified_layers(model, open_layers):
+    """The fixbase rule of the original (§4.3), applied recursively from ``model``'s children: a
+    child whose name is in ``open_layers`` or contains one of :data:`OPEN_LAYER_KEYWORDS` is put
+    in train mode with gradients; any other is frozen, put in eval mode, and searched the same way.
+    """
+    for name, module in model.named_children():
+        if name in open_layers or any(key in name for key in OPEN_LAYER_KEYWORDS):
+            module.train()
+            module.requires_grad_(True)
+        else:
+            module.eval()
+            module.requires_grad_(False)
+            open_specified_layers(module, open_layers)
+
+
+def open_all_layers(model):
+    model.train()
+    model.requires_grad_(True)
+
+
+def load_dataset(name, args):
+    """One ``-s`` / ``-t`` dataset under ``--root``."""
+    if name not in SUPPORTED_DATASETS:
+        raise OptionError(f"dataset {name!r} is not supported here; choose from "
+                          f"{', '.join(SUPPORTED_DATASETS)}")
+    if name == "cuhk03":
+        if args.cuhk03_classic_split:
+            raise OptionError("--cuhk03-classic-split: only the 767/700 split (CUHK03-NP) is "
+                              "read; drop the flag")
+        return build_dataset("cuhk03np", args.root,
+                             variant="labeled" if args.cuhk03_labeled else "detected")
+    if name in ("cuhk01", "prid450s"):
+        return build_dataset(name, args.root, split_id=args.split_id)
+    return build_dataset(name, args.root)
+
+
+def combine_train_sets(datasets):
+    """The ``-s`` training sets concatenated, identities and cameras offset per set (§4.1)."""
+    samples, num_pids, num_cams = [], 0, 0
+    for dataset in datasets:
+        samples += [Sample(s.path, s.pid + num_pids, s.camid + num_cams) for s in dataset.train]
+        num_pids += dataset.num_train_pids
+        num_cams += dataset.num_train_cams
+    return samples, num_pids
+
+
+def build_optimizer(args, model):
+    params = model.parameters()
+    if args.optim in ("adam", "amsgrad"):
+        return torch.optim.Adam(params, lr=args.lr, weight_decay=args.weight_decay,
+                                betas=(args.adam_beta1, args.adam_beta2),
+                                amsgrad=args.optim == "amsgrad")
+    if args.optim == "sgd":
+        return torch.optim.SGD(params, lr=args.lr, momentum=args.momentum,
+                               weight_decay=args.weight_decay, dampening=args.sgd_dampening,
+                               nesterov=args.sgd_nesterov)
+    return torch.optim.RMSprop(params, lr=args.lr, momentum=args.momentum,
+                               weight_decay=args.weight_decay, alpha=args.rmsprop_alpha)
+
+
+def build_train_loader(args, samples, distributed, pin_memory):
+    crop, erase = data_augment_steps(args.data_augment)
+    transform = build_train_transform(args.height, args.width, translation=crop, flip=0.5,
+                                      erasing=0.5 if erase else 0.0, erasing_mean=CIFAR_MEAN)
+    pids = [s.pid for s in samples]
+    if args.criterion == "htri":
+        sampler = RandomIdentitySampler(pids, args.train_batch_size, args.num_instances,
+                                        seed=args.seed, num_replicas=distributed.world_size,
+                                        rank=distributed.rank)
+    else:
+        sampler = DistributedSampler(samples, num_replicas=distributed.world_size,
+                                     rank=distributed.rank, shuffle=True, seed=args.seed,
+                                     drop_last=True)
+    loader = DataLoader(ImageDataset(samples, transform), batch_size=args.train_batch_size,
+                        sampler=sampler, num_workers=args.workers, pin_memory=pin_memory,
+                        drop_last=True)
+    if len(loader) == 0:
+        raise OptionError(f"the training set ({len(samples)} images, {len(set(pids))} identities"
+                          f") gives no full batch of --train-batch-size {args.train_batch_size}"
+                          f"; lower the batch size")
+    return loader
+
+
+def build_test_loaders(args, dataset, pin_memory):
+    transform = build_test_transform(args.height, args.width)
+    return tuple(DataLoader(ImageDataset(samples, transform), batch_size=args.test_batch_size,
+                            num_workers=args.workers, pin_memory=pin_memory)
+                 for samples in (dataset.query, dataset.gallery))
+
+
+class Trainer:
+    """One ABD-Net run: both phases, the evaluations and the files in ``--save-dir``."""
+
+    def __init__(self, args, model, criterion, optimizer, scheduler, device, distributed,
+                 train_loader, targets):
+        self.args, self.save_dir = args, Path(args.save_dir)
+        self.model, self.criterion = model, criterion
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.initial_optimizer_state = copy.deepcopy(optimizer.state_dict())
+        self.device, self.distributed = device, distributed
+        self.train_loader, self.targets = train_loader, targets
+        self.scaler = grad_scaler(device, args.amp)
+        self.history = TrainingHistory()
+        self.fixbase_done = 0  # warm-up epochs finished
+        self.epoch = args.start_epoch  # main epochs finished (the next one's 0-based index)
+        self.best_rank1 = 0.0
+
+    @property
+    def is_main(self):
+        return self.distributed.is_main
+
+    def train_epoch(self, fixbase):
+        """One epoch of either phase; returns the mean of each loss term and ``total``."""
+        args, module = self.args, unwrap_model(self.model)
+        self.train_loader.sampler.set_epoch(self.fixbase_done + self.epoch)
+        module.train()
+        if fixbase or args.fixbase:
+            open_specified_layers(module, args.open_layers)
+        else:
+            open_all_layers(module)
+        if fixbase:
+            title = f"fixbase {self.fixbase_done + 1}/{args.fixbase_epoch}"
+        else:
+            title = f"epoch {self.epoch + 1}/{args.max_epoch}"
+        sums, batches = {}, 0
+        progress = tqdm(self.train_loader, desc=title, leave=False, disable=not self.is_main)
+        for images, pids, _ in progress:
+            images, pids = images.to(self.device), pids.to(self.device)
+            with autocast(self.device, args.amp):
+                outputs = self.model(images)
+            total, terms = self.criterion(module, outputs, pids, self.epoch, fixbase)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(total).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            for name, value in {**terms, "total": total}.items():
+                sums[name] = sums.get(name, 0.0) + value.item()
+            batches += 1
+            progress.set_postfix(loss=f"{sums['total'] / batches:.4f}")
+        losses = {name: value / batches for name, value in sums.items()}
+        lr = self.optimizer.param_groups[0]["lr"]
+        # History epochs: 1..max_epoch for the main phase, the warm-up before them (<= 0).
+        if fixbase:
+            self.fixbase_done += 1
+            self.history.log_epoch(self.fixbase_done - args.fixbase_epoch, lr, losses)
+        else:
+            self.epoch += 1
+            self.history.log_epoch(self.epoch, lr, losses)
+        log.info(f"{title} lr {lr:.2e} " + " ".join(f"{k} {v:.4f}" for k, v in losses.items()))
+
+    def evaluate(self, name, dataset, query_loader, gallery_loader):
+        """Evaluates one target (§5); returns evaluate_rank's dict and the distance matrix."""
+        extract = dict(device=self.device, flip=self.args.flip_eval, normalize=False,
+                       amp=self.args.amp, progress=self.is_main)
+        model = unwrap_model(self.model)
+        qf, q_pids, q_camids = extract_features(model, query_loader, desc=f"{name} query",
+                                                **extract)
+        gf, g_pids, g_camids = extract_features(model, gallery_loader, desc=f"{name} gallery",
+                                                **extract)
+        distmat = compute_distance_matrix(qf, gf, "sqeuclidean")
+        results = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids)
+        log.info(f"Evaluated {name}: {len(qf)} queries x {len(gf)} gallery, {qf.shape[1]}-d "
+                 f"features{' (flip-averaged)' if self.args.flip_eval else ''}\n"
+                 + format_results(results))
+        return results, distmat
+
+    def test(self):
+        """Evaluates every target; returns ``{name: results}`` (main process only)."""
+        return {name: self.evaluate(name, *target)[0] for name, target in self.targets.items()}
+
+    def save_epoch_weights(self, name, rank1):
+        """A file in the original's format (§2.10), readable by the released code."""
+        if self.args.no_epoch_checkpoints and name != "checkpoint_best.pth.tar":
+            return
+        state = {"state_dict": unwrap_model(self.model).state_dict(), "rank1": float(rank1),
+                 "epoch": self.epoch - 1}
+        with atomic_write(self.save_dir / name) as handle:
+            torch.save(state, handle)
+
+    def save_state(self):
+        save_checkpoint(self.save_dir / TRAINING_STATE, model=self.model, epoch=self.epoch,
+                        optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
+                        fixbase_done=self.fixbase_done, best_rank1=self.best_rank1,
+                        history=self.history.state_dict())
+        self.history.write_json(self.save_dir / "history.json")
+        self.history.plot(self.save_dir / "loss.png", self.save_dir / "metrics.png")
+
+    def resume(self, path):
+        """Continues the run whose ``training_state.pth.tar`` is ``path`` exactly."""
+        checkpoint = resume_from(path, unwrap_model(self.model), self.optimizer, self.scheduler,
+                                 self.scaler, map_location=self.device)
+        self.epoch, self.fixbase_done = checkpoint["epoch"], checkpoint["fixbase_done"]
+        self.best_rank1 = checkpoint["best_rank1"]
+        self.history.load_state_dict(checkpoint["history"])
+        log.info(f"resumed {path}: {self.fixbase_done} fixbase and {self.epoch} main epochs done")
+
+    def fit(self):
+        args = self.args
+        if self.fixbase_done < args.fixbase_epoch:
+            log.info(f"Train {args.open_layers} and the heads for {args.fixbase_epoch} epochs "
+                     f"while keeping other layers frozen")
+            while self.fixbase_done < args.fixbase_epoch:
+                self.train_epoch(fixbase=True)
+                if self.fixbase_done == args.fixbase_epoch:
+                    self.optimizer.load_state_dict(self.initial_optimizer_state)
+                self._save(self.save_state)
+            log.info(f"Done. All layers are open to train for {args.max_epoch} epochs")
+        while self.epoch < args.max_epoch:
+            self.train_epoch(fixbase=False)
+            self._save(lambda: self.save_epoch_weights(f"checkpoint_ep{self.epoch}.pth.tar", 0))
+            self.scheduler.step()
+            if self.epoch > args.start_eval and args.eval_freq > 0 and (
+                    self.epoch % args.eval_freq == 0) or self.epoch == args.max_epoch:
+                self._save(self.evaluate_and_keep_best)
+            self._save(self.save_state)
+
+    def evaluate_and_keep_best(self):
+        """Evaluates every target; the last one's rank-1 picks ``checkpoint_best`` (§4.3)."""
+        all_results = self.test()
+        name, results = list(all_results.items())[-1]
+        rank1 = float(results["cmc"][0])
+        self.history.log_evaluation(self.epoch, _metrics(results))
+        if self.best_rank1 < rank1:
+            log.info(f"Save! best rank-1 on {name} {self.best_rank1:.4f} -> {rank1:.4f}")
+            self.save_epoch_weights("checkpoint_best.pth.tar", rank1)
+            self.best_rank1 = rank1
+            write_results(self.save_dir / "results_best.json", "best", self.epoch, all_results)
+
+    def _save(self, action):
+        """Runs ``action`` (file writing, evaluation) on the main process; the others wait."""
+        if self.is_main:
+            action()
+        if self.distributed.enabled:
+            torch.distributed.barrier()
+
+
+def _metrics(results):
+    cmc = results["cmc"]
+    return {"mAP": results["mAP"], "mINP": results["mINP"], "rank1": cmc[0], "rank5": cmc[4],
+            "rank10": cmc[9], "rank20": cmc[19]}
+
+
+def write_results(path, kind, epoch, all_results):
+    """``results_<kind>.json``: every target's mAP, mINP, CMC and Rank-1/5/10/20 (fractions)."""
+    payload = {"method": "ABD-Net", "kind": kind, "epoch": epoch,
+               "targets": {name: results_to_dict(results, ranks=(1, 5, 10, 20))
+                           for name, results in all_results.items()}}
+    with atomic_write(path, "w") as handle:
+        json.dump(payload, handle, indent=2)
+        handle.write("\n")
+    return payload
+
+
+def format_table(title, targets):
+    """One row per target of a results JSON's ``targets``: mAP and Rank-1/5/10/20 in percent."""
+    lines = [title, f"{'target':<16} {'mAP':>6} {'R1':>6} {'R5':>6} {'R10':>6} {'R20':>6}"]
+    for name, row in targets.items():
+        lines.append(f"{name:<16} " + " ".join(
+            f"{100 * row[key]:6.1f}" for key in ("mAP", "rank1", "rank5", "rank10", "rank20")))
+    return "\n".join(lines)
+
+
+def check_options(args):
+    """Rejects values the original accepts but that cannot run, with the fix."""
+    try:
+        model_options(args)
+    except ValueError as err:
+        raise OptionError(str(err)) from None
+    if not args.evaluate and (args.max_epoch < 1 or not 0 <= args.start_epoch < args.max_epoch):
+        raise OptionError(f"--max-epoch {args.max_epoch} --start-epoch {args.start_epoch}: train "
+                          f"at least one main epoch (0 <= start-epoch < max-epoch)")
+    if args.fixbase_epoch < 0:
+        raise OptionError(f"--fixbase-epoch {args.fixbase_epoch} must be >= 0")
+    if args.criterion == "htri" and args.train_batch_size % args.num_instances:
+        raise OptionError(f"--train-batch-size {args.train_batch_size} must be a multiple of "
+                          f"--num-instances {args.num_instances} with --criterion htri")
+    if math.ceil(args.height / 16) % args.abd_np:  # the layer4 map must split into abd_np parts
+        raise OptionError(f"--height {args.height}: the layer4 map (height / 16 rows) does not "
+                          f"split into --abd-np {args.abd_np} stripes; use a multiple of "
+                          f"{16 * args.abd_np}")
+    if args.evaluate and args.resume and args.load_weights:
+        raise OptionError("--evaluate takes the weights from --load-weights or --resume, not both")
+
+
+def run(args):
+    """Runs ``main.py``'s job: train (and evaluate), or only evaluate with ``--evaluate``."""
+    check_options(args)
+    distributed = init_distributed(cpu=args.use_cpu)
+    try:
+        _run(args, distributed)
+    finally:
+        close_distributed()
+
+
+def _run(args, distributed):
+    save_dir = Path(args.save_dir)
+    setup_logging(save_dir / ("log_test.txt" if args.evaluate else "log_train.txt"),
+                  main_process=distributed.is_main)
+    log.info(f"==========\nArgs:{args}\n==========")
+    seed_everything(args.seed + distributed.rank)
+    device = select_device(args.use_cpu, distributed.local_rank)
+    pin_memory = device.type == "cuda"
+
+    state_path = save_dir / TRAINING_STATE
+    resume = Path(args.resume) if args.resume else None
+    if resume is not None and not resume.is_file():
+        raise CheckpointError(f"--resume {resume} does not exist; pass the {TRAINING_STATE} or a "
+                              f"checkpoint_ep<N>.pth.tar of a run")
+    if not args.evaluate and resume is None and state_path.exists():
+        raise OptionError(f"{save_dir} already holds a run ({TRAINING_STATE}); continue it with "
+                          f"--resume {state_path}, or pick another --save-dir")
+    resumable = (resume is not None and not args.evaluate
+                 and "optimizer" in load_checkpoint(resume))
+    weights = args.load_weights or ("" if resumable else args.resume)
+    released = read_released_checkpoint(weights) if weights else None
+
+    targets = {}
+    for name in args.target_names:
+        dataset = load_dataset(name, args)
+        log.info(dataset.summary())
+        targets[name] = (dataset, *build_test_loaders(args, dataset, pin_memory))
+    train_loader = None
+    if args.evaluate:  # the class count of the weights; any when there are none
+        num_classes = (released.num_classes if released is not None else None) or 1
+    else:
+        train_samples, num_classes = combine_train_sets(
+            [targets[n][0] if n in targets else load_dataset(n, args) for n in args.source_names])
+        log.info(f"training on {', '.join(args.source_names)}: {num_classes} identities, "
+                 f"{len(train_samples)} images")
+        train_loader = build_train_loader(args, train_samples, distributed, pin_memory)
+
+    options = model_options(args)
+    options["pretrained"] = options["pretrained"] and released is None and not resumable
+    model = build_model(num_classes, **options).to(device)
+    if released is not None:
+        _load_weights(model, released, num_classes)
+    criterion = None if args.evaluate else ABDLoss(
+        num_classes, criterion=args.criterion, label_smooth=args.label_smooth, margin=args.margin,
+        lambda_xent=args.lambda_xent, lambda_htri=args.lambda_htri, use_of=args.use_of,
+        of_beta=args.of_beta, of_start_epoch=args.of_start_epoch, of_positions=args.of_position,
+        use_ow=args.use_ow, ow_beta=args.ow_beta, ow_scope=args.ow_scope)
+    optimizer, scheduler = _optimizer_and_schedule(args, model)
+    trainer = Trainer(args, model, criterion, optimizer, scheduler, device, distributed,
+                      train_loader, targets)
+    if args.evaluate:
+        if distributed.is_main:
+            _evaluate_only(trainer, released)
+        return
+    if resumable:
+        trainer.resume(resume)
+    elif resume is not None:
+        _continue_from_weights(trainer, released)
+
+    if distributed.enabled:  # frozen layers (fixbase) and unused heads get no gradient
+        trainer.model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=True)
+    elif device.type == "cuda" and torch.cuda.device_count() > 1:
+        trainer.model = nn.DataParallel(model)
+    log.info(f"==> Start training on {device}"
+             f"{f' x {distributed.world_size} processes' if distributed.enabled else ''}")
+    trainer.fit()
+    best = save_dir / "results_best.json"
+    if distributed.is_main and best.exists():
+        best = json.loads(best.read_text())
+        print(format_table(f"ABD-Net, best rank-1 at main epoch {best['epoch']} ({save_dir})",
+                           best["targets"]), flush=True)
+
+
+def _optimizer_and_schedule(args, model):
+    optimizer = build_optimizer(args, model)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=args.stepsize,
+                                                     gamma=args.gamma)
+    _step_schedule(scheduler, args.start_epoch)  # --start-epoch: the schedule starts there
+    return optimizer, scheduler
+
+
+def _step_schedule(scheduler, steps):
+    with warnings.catch_warnings():  # stepping before any optimizer.step() is intended here
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+        for _ in range(steps):
+            scheduler.step()
+
+
+def _load_weights(model, released, num_classes):
+    """Loads ``released`` strictly. Only when its class count differs from the training data's
+    (fine-tuning on another dataset) are the classifiers left at their initialisation, and those
+    keys are listed."""
+    if released.num_classes not in (None, num_classes):
+        own = model.state_dict()
+        skipped = sorted(key for key in released.state_dict if ".classifier" in key)
+        released.state_dict.update({key: own[key] for key in skipped})
+        log.warning(f"{released.path}: its classifiers have {released.num_classes} classes and "
+                    f"the training data {num_classes}; these keys are not loaded and start "
+                    f"from the initialisation: {', '.join(skipped)}")
+    info = load_released_checkpoint(model, released)
+    log.info(f"Loaded weights from {released.path} (epoch {info['epoch']}, rank1 "
+             f"{info['rank1']:.4f})")
+
+
+def _continue_from_weights(trainer, released):
+    """``--resume`` on a weights-only file (``checkpoint_ep<N>``, a released file): the epoch
+    and the schedule continue after the file's epoch; its optimizer state is not in the file."""
+    trainer.fixbase_done = trainer.args.fixbase_epoch
+    steps = released.epoch + 1 - trainer.epoch
+    trainer.epoch += steps
+    _step_schedule(trainer.scheduler, steps)
+    log.warning(f"--resume {released.path}: weights only, continuing after main epoch "
+                f"{trainer.epoch}; the file holds no optimizer state, so {trainer.args.optim} "
+                f"starts afresh. For an exact continuation resume from {TRAINING_STATE}")
+
+
+def _evaluate_only(trainer, released):
+    if released is None:
+        log.warning("--evaluate without --load-weights: evaluating the initial weights")
+    all_results = {}
+    for name, (dataset, query_loader, gallery_loader) in trainer.targets.items():
+        all_results[name], distmat = trainer.evaluate(name, dataset, query_loader,
+                                                      gallery_loader)
+        if trainer.args.visualize_ranks:
+            folder = trainer.save_dir / "ranked_results" / name
+            visualize_ranked_results(distmat, dataset.query, dataset.gallery, folder, topk=10,
+                                     height=trainer.args.height, width=trainer.args.width)
+            log.info(f"ranked lists of {len(dataset.query)} queries in {folder}")
+    epoch = released.epoch + 1 if released is not None else 0
+    payload = write_results(trainer.save_dir / "results_evaluate.json", "evaluate", epoch,
+                            all_results)
+    print(format_table("ABD-Net evaluation", payload["targets"]), flush=True)
