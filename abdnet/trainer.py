@@ -364,6 +364,10 @@ def _run(args, distributed):
     log.info(f"==========\nArgs:{args}\n==========")
     seed_everything(args.seed + distributed.rank)
     device = select_device(args.use_cpu, distributed.local_rank)
+    if device.type == "cpu" and not args.use_cpu:
+        log.warning(f"no GPU is visible (--gpu-devices {args.gpu_devices} sets "
+                    f"CUDA_VISIBLE_DEVICES), so this runs on the CPU; name GPUs this machine "
+                    f"has (nvidia-smi lists them) or pass --use-avai-gpus")
     pin_memory = device.type == "cuda"
 
     state_path = save_dir / TRAINING_STATE
