@@ -6,6 +6,7 @@ import torch
 from abdnet.loss import ABDLoss
 from abdnet.model import build_model
 from common.losses import CrossEntropyLabelSmooth, TripletLoss
+from common.regularizers import OWPenalty
 
 
 @pytest.fixture(scope="module")
@@ -38,3 +39,15 @@ def test_xent_only_and_bad_criterion(batch):
     assert set(terms) == {"xent"}
     with pytest.raises(ValueError, match="criterion"):
         ABDLoss(5, criterion="triplet")
+
+
+def test_ow_scope_stem_only_is_one_layer_and_all_is_the_whole_trunk():
+    model = build_model(10, pretrained=False)
+    assert OWPenalty(scope="stem_only").conv_layers(model) == [model.common_branch.backbone1[0]]
+    # conv1 + layer1..layer3 (43 convs incl. downsamples) + two layer4 copies (10 each)
+    assert len(OWPenalty(scope="all").conv_layers(model)) == 63
+    loss = OWPenalty(scope="stem_only")(model)
+    loss.backward()
+    assert model.common_branch.backbone1[0].weight.grad is not None
+    with pytest.raises(ValueError, match="stem_only"):
+        OWPenalty(scope="paper")

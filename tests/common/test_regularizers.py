@@ -5,8 +5,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from abdnet.model import build_model
-from abdnet.regularizers import (OFPenalty, OWPenalty, estimate_eigenvalue_range,
+from common.regularizers import (OFPenalty, OWPenalty, estimate_eigenvalue_range,
                                  rayleigh_after_one_step)
 
 
@@ -55,15 +54,3 @@ def test_ow_penalty_is_squared_and_skips_single_output_layers():
     assert OWPenalty(beta=1e-3)(fake).item() == pytest.approx(10 * 1e-3 * (2 * 5.0) ** 2, rel=1e-5)
     single = SimpleNamespace(common_branch=SimpleNamespace(backbone1=[torch.nn.Conv2d(3, 1, 1)]))
     assert OWPenalty()(single) == 0.0
-
-
-def test_ow_scope_stem_only_is_one_layer_and_all_is_the_whole_trunk():
-    model = build_model(10, pretrained=False)
-    assert OWPenalty(scope="stem_only").conv_layers(model) == [model.common_branch.backbone1[0]]
-    # conv1 + layer1..layer3 (43 convs incl. downsamples) + two layer4 copies (10 each)
-    assert len(OWPenalty(scope="all").conv_layers(model)) == 63
-    loss = OWPenalty(scope="stem_only")(model)
-    loss.backward()
-    assert model.common_branch.backbone1[0].weight.grad is not None
-    with pytest.raises(ValueError, match="stem_only"):
-        OWPenalty(scope="paper")

@@ -1,0 +1,135 @@
+"""The two branches of ABD-Net's released code, which IAB-Net reuses unchanged
+(``../shared/specs/abdnet.md`` §2.1-§2.3, §2.6, §2.7; ``iabnet.md`` §3.3).
+
+A model of this family has ``common_branch`` (the shared trunk) and ``branches``, a ModuleList of
+two ``Sequential(DeepStage, head)``: :class:`GlobalBranch` first, then :class:`ABDBranch` (IAB-Net's
+"CASA" branch). The originals ordered the two by iterating a ``frozenset``, so a checkpoint may
+hold them either way round; :func:`remap_branch_order` puts its keys in this order.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from common.layers.danet import CAM, PAM, DANetHead
+
+__all__ = ["ABDBranch", "DeepStage", "GlobalBranch", "init_head", "remap_branch_order"]
+
+
+class DeepStage(nn.Module):
+    """A branch's own copy of layer4 (``branches.{i}.0.backbone``)."""
+
+    def __init__(self, layer4):
+        super().__init__()
+        self.backbone = copy.deepcopy(layer4)
+
+    def forward(self, x):
+        return self.backbone(x)
+
+
+class GlobalBranch(nn.Module):
+    """GAP -> Linear(2048, 1024) + BN + ReLU + Dropout(0.5) -> classifier (§2.2).
+
+    The post-dropout 1,024-d vector is both the triplet and the retrieval feature.
+    """
+
+    def __init__(self, num_classes, dim=1024, dropout=0.5):
+        super().__init__()
+        self.fc = nn.Sequential(nn.Linear(2048, dim), nn.BatchNorm1d(dim), nn.ReLU(),
+                                nn.Dropout(dropout))
+        self.classifier = nn.Linear(dim, num_classes)
+
+    def forward(self, x):
+        feature = self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+        return [feature], [self.classifier(feature)], [feature], {}
+
+
+class ABDBranch(nn.Module):
+    """The attentive branch (§2.3): reduction, ``num_parts`` horizontal stripes, and on each the
+    sum of three DANet heads (identity, CAM, PAM) through ``sum_conv``, then GAP."""
+
+    def __init__(self, num_classes, dim=1024, num_parts=2, dan=("cam", "pam"),
+                 cam_softmax="code"):
+        super().__init__()
+        unknown = set(dan) - {"cam", "pam"}
+        if unknown:
+            raise ValueError(f"abd_dan takes 'cam' and/or 'pam', got {sorted(unknown)}")
+        self.num_parts, self.dan = num_parts, tuple(dan)
+        self.reduction = nn.Sequential(nn.Conv2d(2048, dim, 1, bias=False), nn.BatchNorm2d(dim),
+                                       nn.ReLU())
+        half = dim // 2
+        self.before_module = DANetHead(dim, dim, nn.Identity())
+        self.cam_module = DANetHead(dim, dim, CAM(cam_softmax))
+        self.pam_module = DANetHead(dim, dim, PAM(half))
+        self.sum_conv = nn.Sequential(nn.Dropout2d(0.1), nn.Conv2d(dim, dim, 1))
+        self.classifiers = nn.ModuleList(nn.Linear(dim, num_classes) for _ in range(num_parts))
+
+    def forward(self, x):
+        reduced = self.reduction(x)
+        if not torch.jit.is_tracing() and reduced.shape[2] % self.num_parts:
+            raise ValueError(f"the feature map height {reduced.shape[2]} is not divisible by "
+                             f"abd_np={self.num_parts}; choose --height accordingly")
+        maps = {"before": [], "cam": [], "pam": [], "after": []}
+        features, logits = [], []
+        for part, classifier in zip(reduced.chunk(self.num_parts, dim=2), self.classifiers):
+            if self.dan:  # "before" is the identity head's output, not the raw part (§6.4)
+                heads = [self.before_module(part)]
+                maps["before"].append(heads[0])
+                if "cam" in self.dan:
+                    heads.append(self.cam_module(part))
+                    maps["cam"].append(heads[-1])
+                if "pam" in self.dan:
+                    heads.append(self.pam_module(part))
+                    maps["pam"].append(heads[-1])
+                after = self.sum_conv(sum(heads))
+            else:
+                after = part
+                maps["before"].append(part)
+            maps["after"].append(after)
+            feature = F.adaptive_avg_pool2d(after, 1).flatten(1)
+            features.append(feature)
+            logits.append(classifier(feature))
+        return features, logits, features, maps
+
+
+def init_head(module):
+    """The released ``init_params`` for the heads (§2.6)."""
+    for layer in module.modules():
+        if isinstance(layer, nn.Conv2d):
+            nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+        elif isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            nn.init.normal_(layer.weight, 1.0, 0.02)
+            nn.init.zeros_(layer.bias)
+        elif isinstance(layer, nn.Linear):
+            nn.init.normal_(layer.weight, 0.0, 0.01)
+            nn.init.zeros_(layer.bias)
+
+
+def remap_branch_order(state_dict):
+    """Puts an original checkpoint's branches in this order: global ``branches.0``, attentive
+    ``branches.1``, whichever order its PYTHONHASHSEED gave them (§2.7, §2.10).
+
+    A branch is recognised by its head: ``fc.0.weight`` is global, ``reduction.0.weight`` is
+    attentive. Keys are also stripped of a ``module.`` prefix. Keys of a branch that cannot be
+    recognised are left as they are, so the loader reports them.
+    """
+    state = {key.removeprefix("module."): value for key, value in state_dict.items()}
+    target = {}
+    for index in ("0", "1"):
+        if f"branches.{index}.1.fc.0.weight" in state:
+            target[index] = "0"
+        elif f"branches.{index}.1.reduction.0.weight" in state:
+            target[index] = "1"
+    remapped = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[0] == "branches" and parts[1] in target:
+            parts[1] = target[parts[1]]
+        remapped[".".join(parts)] = value
+    return remapped
