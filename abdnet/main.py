@@ -1,4 +1,5 @@
-"""ABD-Net's command line: the original ``train.py`` with its ``args.py`` flags (spec §1).
+"""ABD-Net's command line: the original ``train.py`` with its ``args.py`` flags (spec §1); the
+flags, losses and training loop, shared with IAB-Net, are in ``common/torchreid2018/``.
 
 The README's training command of the original, run unchanged (``path/to/dir`` is the output):
 
@@ -16,21 +17,24 @@ from __future__ import annotations
 import os
 import sys
 
-from abdnet.args import build_parser
-from abdnet.trainer import OptionError, run
+from abdnet.model import build_model
 from common.checkpoint import CheckpointError
 from common.data import DatasetError
 from common.layers.resnet import PretrainedWeightsError
+from common.torchreid2018.args import build_parser
+from common.torchreid2018.trainer import Method, OptionError, run
+
+ABD_NET = Method("ABD-Net", build_model)
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args = build_parser("ABD-Net (ICCV 2019) for person re-ID").parse_args(argv)
     # --gpu-devices selects the GPUs as in the original (before CUDA starts); under torchrun the
     # launcher's CUDA_VISIBLE_DEVICES and LOCAL_RANK decide instead.
     if not args.use_avai_gpus and "LOCAL_RANK" not in os.environ:
         os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu_devices
     try:
-        run(args)
+        run(args, ABD_NET)
     except (OptionError, DatasetError, CheckpointError, PretrainedWeightsError) as err:
         sys.exit(f"abdnet/main.py: error: {err}")
 

@@ -2,8 +2,13 @@
 
 import pytest
 
-from abdnet.args import build_parser, data_augment_steps, model_options
+from common.torchreid2018.args import data_augment_steps, model_options
 from abdnet.model import build_model
+from common.torchreid2018.args import build_parser
+
+def abd_parser():
+    return build_parser("ABD-Net")
+
 
 README = ("-s market1501 -t market1501 --flip-eval --eval-freq 1 --label-smooth --criterion htri "
           "--lambda-htri 0.1 --data-augment crop random-erase --margin 1.2 --train-batch-size 64 "
@@ -13,7 +18,7 @@ README = ("-s market1501 -t market1501 --flip-eval --eval-freq 1 --label-smooth 
 
 
 def test_readme_command_parses_to_the_paper_settings():
-    args = build_parser().parse_args(README.split())
+    args = abd_parser().parse_args(README.split())
     assert args.source_names == ["market1501"] and args.target_names == ["market1501"]
     assert (args.height, args.width, args.train_batch_size, args.num_instances) == (384, 128, 64, 4)
     assert (args.criterion, args.margin, args.lambda_htri, args.label_smooth) == ("htri", 1.2, 0.1,
@@ -28,7 +33,7 @@ def test_readme_command_parses_to_the_paper_settings():
 
 
 def test_bare_defaults_are_the_weak_setting_of_issue_36():
-    args = build_parser().parse_args(["-s", "market1501", "-t", "market1501"])
+    args = abd_parser().parse_args(["-s", "market1501", "-t", "market1501"])
     assert (args.height, args.criterion, args.max_epoch, args.seed) == (256, "xent", 60, 1)
     assert not args.shallow_cam and args.abd_dan == []
     assert data_augment_steps(args.data_augment) == (False, False)  # 'crop' read letter by letter
@@ -47,7 +52,7 @@ def test_data_augment_space_and_comma_forms(value, steps):
 
 
 def test_variants_outside_the_paper_are_refused():
-    parser = build_parser()
+    parser = abd_parser()
     base = ["-s", "market1501", "-t", "market1501"]
     for extra, message in ((["--branches", "global", "np"], "--branches global np"),
                            (["--arch", "densenet121"], "--arch densenet121"),

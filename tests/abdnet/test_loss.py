@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from abdnet.loss import ABDLoss
+from common.torchreid2018.loss import ABDLoss
 from abdnet.model import build_model
 from common.losses import CrossEntropyLabelSmooth, TripletLoss
 from common.regularizers import OWPenalty

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from abdnet.model import build_model, load_released_checkpoint
-from common.layers.abd_heads import remap_branch_order
+from abdnet.model import build_model
+from common.layers.two_branch import remap_branch_order
 from common.checkpoint import CheckpointError
+from common.torchreid2018.released import load_released_checkpoint
 
 
 def count(module):

@@ -1,7 +1,7 @@
-"""The two branches of ABD-Net's released code, which IAB-Net reuses unchanged
-(``../shared/specs/abdnet.md`` §2.1-§2.3, §2.6, §2.7; ``iabnet.md`` §3.3).
+"""ABD-Net's two-branch network frame, which IAB-Net reuses with another backbone and shallow
+module (``../shared/specs/abdnet.md`` §2.1-§2.3, §2.6, §2.7; ``iabnet.md`` §3.3).
 
-A model of this family has ``common_branch`` (the shared trunk) and ``branches``, a ModuleList of
+A :class:`TwoBranchNet` has ``common_branch`` (the shared trunk) and ``branches``, a ModuleList of
 two ``Sequential(DeepStage, head)``: :class:`GlobalBranch` first, then :class:`ABDBranch` (IAB-Net's
 "CASA" branch). The originals ordered the two by iterating a ``frozenset``, so a checkpoint may
 hold them either way round; :func:`remap_branch_order` puts its keys in this order.
@@ -17,7 +17,8 @@ import torch.nn.functional as F
 
 from common.layers.danet import CAM, PAM, DANetHead
 
-__all__ = ["ABDBranch", "DeepStage", "GlobalBranch", "init_head", "remap_branch_order"]
+__all__ = ["ABDBranch", "CommonBranch", "DeepStage", "GlobalBranch", "TwoBranchNet", "init_head",
+           "remap_branch_order"]
 
 
 class DeepStage(nn.Module):
@@ -109,6 +110,63 @@ def init_head(module):
         elif isinstance(layer, nn.Linear):
             nn.init.normal_(layer.weight, 0.0, 0.01)
             nn.init.zeros_(layer.bias)
+
+
+class CommonBranch(nn.Module):
+    """Stem + layer1, the shallow attention module, then layer2 + layer3 (abdnet.md §2.1).
+
+    Returns the layer3 map and the shallow module's output (the O.F. ``intermediate`` map).
+    """
+
+    def __init__(self, resnet, shallow):
+        super().__init__()
+        self.backbone1 = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool,
+                                       resnet.layer1)
+        self.shallow_cam = shallow
+        self.backbone2 = nn.Sequential(resnet.layer2, resnet.layer3)
+
+    def forward(self, x):
+        intermediate = self.shallow_cam(self.backbone1(x))
+        return self.backbone2(intermediate), intermediate
+
+
+class TwoBranchNet(nn.Module):
+    """The shared trunk, then the global and the attentive branch, each on its own copy of
+    layer4 (abdnet.md §2.1-§2.3, §2.7).
+
+    Forward returns ``(predict, logits, triplet_features, feature_maps)`` in training mode and
+    the ``predict`` vector (global, then the parts top to bottom) in eval mode.
+
+    Args:
+        resnet: the backbone with ``conv1`` ... ``layer4`` (its layer4 is copied per branch).
+        shallow: the module after layer1 (``nn.Identity()`` for none).
+        num_classes, abd_dan, abd_np, global_dim, abd_dim, dropout, cam_softmax: the heads'.
+    """
+
+    def __init__(self, resnet, shallow, num_classes, abd_dan=("cam", "pam"), abd_np=2,
+                 global_dim=1024, abd_dim=1024, dropout=0.5, cam_softmax="code"):
+        super().__init__()
+        self.common_branch = CommonBranch(resnet, shallow)
+        global_head = GlobalBranch(num_classes, global_dim, dropout)
+        abd_head = ABDBranch(num_classes, abd_dim, abd_np, abd_dan, cam_softmax)
+        init_head(global_head)
+        init_head(abd_head)
+        self.branches = nn.ModuleList([nn.Sequential(DeepStage(resnet.layer4), global_head),
+                                       nn.Sequential(DeepStage(resnet.layer4), abd_head)])
+
+    def forward(self, x):
+        shared, intermediate = self.common_branch(x)
+        predict, logits, triplet, maps = [], [], [], {"intermediate": [intermediate]}
+        for branch in self.branches:
+            features, branch_logits, branch_triplet, branch_maps = branch(shared)
+            predict += features
+            logits += branch_logits
+            triplet += branch_triplet
+            maps.update(branch_maps)
+        predict = torch.cat(predict, dim=1)
+        if not self.training:
+            return predict
+        return predict, tuple(logits), tuple(triplet), maps
 
 
 def remap_branch_order(state_dict):

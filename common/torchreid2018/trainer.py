@@ -1,4 +1,6 @@
-"""Training and evaluation behind ``abdnet/main.py`` (``../shared/specs/abdnet.md`` §4-§5).
+"""Training and evaluation behind ``abdnet/main.py`` and ``iabnet/main.py``: ABD-Net's released
+``train.py`` (``../shared/specs/abdnet.md`` §4-§5), which IAB-Net's code keeps unchanged
+(``iabnet.md`` §5). A method passes its name and its ``build_model`` (:class:`Method`).
 
 The run is the released ``train.py``'s:
 
@@ -25,16 +27,15 @@ import json
 import logging
 import math
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from abdnet.args import data_augment_steps, model_options
-from abdnet.loss import ABDLoss
-from abdnet.model import build_model, load_released_checkpoint, read_released_checkpoint
 from common.checkpoint import CheckpointError, load_checkpoint, resume_from, save_checkpoint, unwrap_model
 from common.data import ImageDataset, RandomIdentitySampler, Sample, build_dataset
 from common.data.transforms import CIFAR_MEAN, build_test_transform, build_train_transform
@@ -45,11 +46,14 @@ from common.files import atomic_write
 from common.history import TrainingHistory
 from common.runtime import (autocast, close_distributed, grad_scaler, init_distributed,
                             seed_everything, select_device, setup_logging)
+from common.torchreid2018.args import data_augment_steps, model_options
+from common.torchreid2018.loss import ABDLoss
+from common.torchreid2018.released import load_released_checkpoint, read_released_checkpoint
 
-__all__ = ["OPEN_LAYER_KEYWORDS", "OptionError", "TRAINING_STATE", "open_all_layers",
+__all__ = ["Method", "OPEN_LAYER_KEYWORDS", "OptionError", "TRAINING_STATE", "open_all_layers",
            "open_specified_layers", "run"]
 
-log = logging.getLogger("abdnet")
+log = logging.getLogger(__name__)
 
 TRAINING_STATE = "training_state.pth.tar"
 # A module whose name contains one of these stays trainable in the fixbase epochs (§4.3).
@@ -61,6 +65,15 @@ SUPPORTED_DATASETS = ("market1501", "dukemtmcreid", "msmt17", "cuhk03", "cuhk01"
 
 class OptionError(ValueError):
     """A command-line value that cannot run; the message names the flag and the fix."""
+
+
+@dataclass(frozen=True)
+class Method:
+    """What differs between the methods that share this trainer: the name in reports and the
+    model factory, ``build_model(num_classes, **model_options(args))``."""
+
+    name: str
+    build_model: Callable
 
 
 def open_specified_layers(model, open_layers):
@@ -154,11 +167,11 @@ def build_test_loaders(args, dataset, pin_memory):
 
 
 class Trainer:
-    """One ABD-Net run: both phases, the evaluations and the files in ``--save-dir``."""
+    """One run: both phases, the evaluations and the files in ``--save-dir``."""
 
-    def __init__(self, args, model, criterion, optimizer, scheduler, device, distributed,
+    def __init__(self, method, args, model, criterion, optimizer, scheduler, device, distributed,
                  train_loader, targets):
-        self.args, self.save_dir = args, Path(args.save_dir)
+        self.method, self.args, self.save_dir = method, args, Path(args.save_dir)
         self.model, self.criterion = model, criterion
         self.optimizer, self.scheduler = optimizer, scheduler
         self.initial_optimizer_state = copy.deepcopy(optimizer.state_dict())
@@ -289,7 +302,8 @@ class Trainer:
             log.info(f"Save! best rank-1 on {name} {self.best_rank1:.4f} -> {rank1:.4f}")
             self.save_epoch_weights("checkpoint_best.pth.tar", rank1)
             self.best_rank1 = rank1
-            write_results(self.save_dir / "results_best.json", "best", self.epoch, all_results)
+            write_results(self.save_dir / "results_best.json", self.method.name, "best",
+                          self.epoch, all_results)
 
     def _save(self, action):
         """Runs ``action`` (file writing, evaluation) on the main process; the others wait."""
@@ -305,9 +319,9 @@ def _metrics(results):
             "rank10": cmc[9], "rank20": cmc[19]}
 
 
-def write_results(path, kind, epoch, all_results):
+def write_results(path, method_name, kind, epoch, all_results):
     """``results_<kind>.json``: every target's mAP, mINP, CMC and Rank-1/5/10/20 (fractions)."""
-    payload = {"method": "ABD-Net", "kind": kind, "epoch": epoch,
+    payload = {"method": method_name, "kind": kind, "epoch": epoch,
                "targets": {name: results_to_dict(results, ranks=(1, 5, 10, 20))
                            for name, results in all_results.items()}}
     with atomic_write(path, "w") as handle:
@@ -347,17 +361,18 @@ def check_options(args):
         raise OptionError("--evaluate takes the weights from --load-weights or --resume, not both")
 
 
-def run(args):
-    """Runs ``main.py``'s job: train (and evaluate), or only evaluate with ``--evaluate``."""
+def run(args, method):
+    """Runs ``main.py``'s job for ``method``: train (and evaluate), or only evaluate with
+    ``--evaluate``."""
     check_options(args)
     distributed = init_distributed(cpu=args.use_cpu)
     try:
-        _run(args, distributed)
+        _run(args, method, distributed)
     finally:
         close_distributed()
 
 
-def _run(args, distributed):
+def _run(args, method, distributed):
     save_dir = Path(args.save_dir)
     setup_logging(save_dir / ("log_test.txt" if args.evaluate else "log_train.txt"),
                   main_process=distributed.is_main)
@@ -400,7 +415,7 @@ def _run(args, distributed):
 
     options = model_options(args)
     options["pretrained"] = options["pretrained"] and released is None and not resumable
-    model = build_model(num_classes, **options).to(device)
+    model = method.build_model(num_classes, **options).to(device)
     if released is not None:
         _load_weights(model, released, num_classes)
     criterion = None if args.evaluate else ABDLoss(
@@ -409,7 +424,7 @@ def _run(args, distributed):
         of_beta=args.of_beta, of_start_epoch=args.of_start_epoch, of_positions=args.of_position,
         use_ow=args.use_ow, ow_beta=args.ow_beta, ow_scope=args.ow_scope)
     optimizer, scheduler = _optimizer_and_schedule(args, model)
-    trainer = Trainer(args, model, criterion, optimizer, scheduler, device, distributed,
+    trainer = Trainer(method, args, model, criterion, optimizer, scheduler, device, distributed,
                       train_loader, targets)
     if args.evaluate:
         if distributed.is_main:
@@ -432,7 +447,7 @@ def _run(args, distributed):
     best = save_dir / "results_best.json"
     if distributed.is_main and best.exists():
         best = json.loads(best.read_text())
-        print(format_table(f"ABD-Net, best rank-1 at main epoch {best['epoch']} ({save_dir})",
+        print(format_table(f"{method.name}, best rank-1 at main epoch {best['epoch']} ({save_dir})",
                            best["targets"]), flush=True)
 
 
@@ -492,6 +507,6 @@ def _evaluate_only(trainer, released):
                                      height=trainer.args.height, width=trainer.args.width)
             log.info(f"ranked lists of {len(dataset.query)} queries in {folder}")
     epoch = released.epoch + 1 if released is not None else 0
-    payload = write_results(trainer.save_dir / "results_evaluate.json", "evaluate", epoch,
-                            all_results)
-    print(format_table("ABD-Net evaluation", payload["targets"]), flush=True)
+    payload = write_results(trainer.save_dir / "results_evaluate.json", trainer.method.name,
+                            "evaluate", epoch, all_results)
+    print(format_table(f"{trainer.method.name} evaluation", payload["targets"]), flush=True)

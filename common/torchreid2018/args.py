@@ -1,9 +1,11 @@
-"""ABD-Net's command-line flags: the original ``args.py`` (``../shared/specs/abdnet.md`` §1.2).
+"""The command-line flags of ABD-Net's ``args.py`` (``../shared/specs/abdnet.md`` §1.2), which
+IAB-Net's code keeps (``iabnet.md`` §1.2).
 
 Every flag keeps its name, type and default, including the ones that only matter for the original's
-other architectures or video data. :func:`data_augment_steps` reads ``--data-augment`` (the
+other architectures or video data; a method changes defaults with ``parser.set_defaults`` and
+adds its own flags. :func:`data_augment_steps` reads ``--data-augment`` (the
 default's quirk kept, the comma forms fixed); :func:`model_options` turns the architecture flags into
-:func:`abdnet.model.build_model` arguments and refuses the variants this folder does not build.
+ the methods' ``build_model`` arguments and refuses the variants that are not built here.
 """
 
 from __future__ import annotations
@@ -12,14 +14,27 @@ import argparse
 
 from common.runtime import add_runtime_flags
 
-__all__ = ["DATA_AUGMENT_CHOICES", "build_parser", "data_augment_steps", "model_options"]
+__all__ = ["ALIASABLE_FLAGS", "DATA_AUGMENT_CHOICES", "build_parser", "data_augment_steps",
+           "model_options"]
+
+ALIASABLE_FLAGS = ("--abd-dim", "--abd-np", "--abd-dan", "--abd-dan-no-head")
 
 DATA_AUGMENT_CHOICES = ("none", "crop", "random-erase", "color-jitter", "crop,random-erase",
                         "crop,color-jitter", "crop,color-jitter,random-erase")
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(description="ABD-Net (ICCV 2019) for person re-ID",
+def build_parser(description, aliases=None):
+    """The parser; ``aliases`` maps an ``--abd-*`` flag to more names for it (IAB-Net's guide
+    spells ``--abd-dim`` as ``--iab-dim``)."""
+    aliases = aliases or {}
+    unknown = set(aliases) - set(ALIASABLE_FLAGS)
+    if unknown:
+        raise ValueError(f"aliases can be given for {', '.join(ALIASABLE_FLAGS)}, not {sorted(unknown)}")
+
+    def names(flag):
+        return [flag, *aliases.get(flag, ())]
+
+    parser = argparse.ArgumentParser(description=description,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     data = parser.add_argument_group("data")
     data.add_argument("--root", type=str, default="data", help="root of the datasets")
@@ -104,10 +119,10 @@ def build_parser():
     arch.add_argument("--dropout", type=float, default=0.5)
     arch.add_argument("--global-dim", type=int, default=1024)
     arch.add_argument("--global-max-pooling", action="store_true")
-    arch.add_argument("--abd-dim", type=int, default=1024)
-    arch.add_argument("--abd-np", type=int, default=2)
-    arch.add_argument("--abd-dan", type=str, nargs="+", default=[])
-    arch.add_argument("--abd-dan-no-head", action="store_true")
+    arch.add_argument(*names("--abd-dim"), type=int, default=1024)
+    arch.add_argument(*names("--abd-np"), type=int, default=2)
+    arch.add_argument(*names("--abd-dan"), type=str, nargs="+", default=[])
+    arch.add_argument(*names("--abd-dan-no-head"), action="store_true")
     arch.add_argument("--shallow-cam", action="store_true")
     arch.add_argument("--np-dim", type=int, default=1024)
     arch.add_argument("--np-np", type=int, default=2)
@@ -155,10 +170,10 @@ def data_augment_steps(data_augment):
 
 
 def model_options(args):
-    """:func:`abdnet.model.build_model` keyword arguments for ``args``.
+    """``build_model`` keyword arguments for ``args`` (ABD-Net's and IAB-Net's take the same).
 
-    Raises ValueError for the original's variants that the paper does not use and this folder
-    does not build (other archs, the ``np`` / ``dan`` branches, head-less or max-pooled heads).
+    Raises ValueError for the original's variants that the papers do not use and that are not
+    built here (other archs, the ``np`` / ``dan`` branches, head-less or max-pooled heads).
     """
     unsupported = []
     if args.arch != "resnet50":

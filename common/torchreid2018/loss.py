@@ -1,4 +1,4 @@
-"""ABD-Net's training loss (``../shared/specs/abdnet.md`` §3):
+"""ABD-Net's training loss (``../shared/specs/abdnet.md`` §3), which IAB-Net keeps (``iabnet.md`` §4):
 
 L = λ_xent · mean over heads (CE) + λ_htri · mean over features (triplet) + O.W. + [O.F. once
 epoch ≥ of_start_epoch]
