@@ -14,29 +14,16 @@ and its test: the same flags plus ``--evaluate --load-weights path/to/checkpoint
 
 from __future__ import annotations
 
-import os
-import sys
-
 from abdnet.model import build_model
-from common.checkpoint import CheckpointError
-from common.data import DatasetError
-from common.layers.resnet import PretrainedWeightsError
 from common.torchreid2018.args import build_parser
-from common.torchreid2018.trainer import Method, OptionError, run
+from common.torchreid2018.trainer import Method, run_command_line
 
 ABD_NET = Method("ABD-Net", build_model)
 
 
 def main(argv=None):
     args = build_parser("ABD-Net (ICCV 2019) for person re-ID").parse_args(argv)
-    # --gpu-devices selects the GPUs as in the original (before CUDA starts); under torchrun the
-    # launcher's CUDA_VISIBLE_DEVICES and LOCAL_RANK decide instead.
-    if not args.use_avai_gpus and "LOCAL_RANK" not in os.environ:
-        os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu_devices
-    try:
-        run(args, ABD_NET)
-    except (OptionError, DatasetError, CheckpointError, PretrainedWeightsError) as err:
-        sys.exit(f"abdnet/main.py: error: {err}")
+    run_command_line(args, ABD_NET, "abdnet/main.py")
 
 
 if __name__ == "__main__":

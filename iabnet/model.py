@@ -18,7 +18,7 @@ from common.layers.resnet import build_resnet50
 from common.layers.two_branch import TwoBranchNet
 
 __all__ = ["COAB", "COABBottleneck", "ChannelGate", "IABNet", "SpatialGate", "build_model",
-           "build_coab_resnet50", "init_like_original"]
+           "build_coab_resnet50", "init_like_original", "rename_original_keys"]
 
 REDUCTION = 16
 
@@ -160,16 +160,28 @@ class IABNet(TwoBranchNet):
     """IAB-Net (§3): the COAB ResNet-50 (last stride 2), the shallow CBAM, and ABD-Net's global
     and attentive ("CASA") branches. Eval forward: (B, 3, H, W) -> (B, 3,072).
 
-    Args: as :class:`abdnet.model.ABDNet`'s (the same ``--abd-*`` flags drive them).
+    Args: ABD-Net's (the same ``--abd-*`` flags drive them), and ``casa_channel``: the channel
+    module inside the CASA branch's ``cam_module`` head, ``"cam"`` (DANet's CAM, the released
+    code) or ``"coab"`` (a COAB, as the paper's figure draws it, §3.4).
     """
 
     def __init__(self, num_classes, shallow_cam=True, abd_dan=("cam", "pam"), abd_np=2,
                  global_dim=1024, abd_dim=1024, dropout=0.5, cam_softmax="code",
-                 pretrained=True, weights_path=None):
+                 casa_channel="cam", pretrained=True, weights_path=None):
+        if casa_channel not in ("cam", "coab"):
+            raise ValueError(f"casa_channel must be 'cam' or 'coab', got {casa_channel!r}")
         resnet = build_coab_resnet50(pretrained=pretrained, weights_path=weights_path)
         shallow = ShallowCBAM() if shallow_cam else nn.Identity()
         super().__init__(resnet, shallow, num_classes, abd_dan, abd_np, global_dim, abd_dim,
                          dropout, cam_softmax)
+        if casa_channel == "coab":
+            self.branches[1][1].cam_module.attention_module = COAB(abd_dim // 2)
+
+
+def rename_original_keys(state_dict):
+    """Released files may name the bottleneck attention ``cbam`` instead of ``coab`` (a sibling
+    file of the original, ``model_resnet.py``, does; §3.6): both load."""
+    return {key.replace(".cbam.", ".coab."): value for key, value in state_dict.items()}
 
 
 def build_model(num_classes, **options):

@@ -150,6 +150,9 @@ def build_parser(description, aliases=None):
     beyond.add_argument("--no-epoch-checkpoints", action="store_true",
                         help="skip checkpoint_ep<N>.pth.tar (the original writes one per main "
                              "epoch, about 280 MB each); best and training state are still kept")
+    beyond.add_argument("--all-splits", action="store_true",
+                        help="cuhk01 / prid450s: train and evaluate splits 0-9 in turn (each in "
+                             "<save-dir>/split<k>) and report their mean and standard deviation")
     return parser
 
 

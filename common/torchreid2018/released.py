@@ -38,9 +38,10 @@ class ReleasedCheckpoint:
         return None if weight is None else int(weight.shape[0])
 
 
-def read_released_checkpoint(path):
+def read_released_checkpoint(path, rename_keys=None):
     """Reads a released file (``{"state_dict", "rank1", "epoch"}``); a bare state_dict and the
-    trainer's ``training_state.pth.tar`` are accepted too.
+    trainer's ``training_state.pth.tar`` are accepted too. ``rename_keys`` (state_dict ->
+    state_dict) maps a method's other historical key names to the current ones.
 
     ``rank1`` is a pickled NumPy scalar; it loads through common.checkpoint's allow-list, never
     through unrestricted unpickling.
@@ -52,7 +53,10 @@ def read_released_checkpoint(path):
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise CheckpointError(f"{path} holds no state_dict (a dict of tensors under "
                               f"'state_dict')")
-    return ReleasedCheckpoint(Path(path), remap_branch_order(state),
+    state = remap_branch_order(state)
+    if rename_keys is not None:
+        state = rename_keys(state)
+    return ReleasedCheckpoint(Path(path), state,
                               float(checkpoint.get("rank1", float("nan"))),
                               int(checkpoint.get("epoch", -1)))
 

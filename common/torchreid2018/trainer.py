@@ -26,24 +26,29 @@ import copy
 import json
 import logging
 import math
+import os
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from common.checkpoint import CheckpointError, load_checkpoint, resume_from, save_checkpoint, unwrap_model
-from common.data import ImageDataset, RandomIdentitySampler, Sample, build_dataset
+from common.data import DatasetError, ImageDataset, RandomIdentitySampler, Sample, build_dataset
+from common.data.datasets import NUM_RANDOM_SPLITS
 from common.data.transforms import CIFAR_MEAN, build_test_transform, build_train_transform
 from common.eval import (compute_distance_matrix, evaluate_rank, extract_features, format_results,
                          visualize_ranked_results)
 from common.eval.report import results_to_dict
 from common.files import atomic_write
 from common.history import TrainingHistory
+from common.layers.resnet import PretrainedWeightsError
 from common.runtime import (autocast, close_distributed, grad_scaler, init_distributed,
                             seed_everything, select_device, setup_logging)
 from common.torchreid2018.args import data_augment_steps, model_options
@@ -51,7 +56,7 @@ from common.torchreid2018.loss import ABDLoss
 from common.torchreid2018.released import load_released_checkpoint, read_released_checkpoint
 
 __all__ = ["Method", "OPEN_LAYER_KEYWORDS", "OptionError", "TRAINING_STATE", "open_all_layers",
-           "open_specified_layers", "run"]
+           "open_specified_layers", "run", "run_command_line"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +66,7 @@ OPEN_LAYER_KEYWORDS = ("classifier", "fc", "reduction", "cam_module", "pam_modul
                        "before_module")
 # -s / -t keys of the original that common/ reads; the others (viper, grid, ilids, ...) are refused.
 SUPPORTED_DATASETS = ("market1501", "dukemtmcreid", "msmt17", "cuhk03", "cuhk01", "prid450s")
+SPLIT_DATASETS = ("cuhk01", "prid450s")  # --split-id selects one of NUM_RANDOM_SPLITS
 
 
 class OptionError(ValueError):
@@ -69,11 +75,13 @@ class OptionError(ValueError):
 
 @dataclass(frozen=True)
 class Method:
-    """What differs between the methods that share this trainer: the name in reports and the
-    model factory, ``build_model(num_classes, **model_options(args))``."""
+    """What differs between the methods that share this trainer: the name in reports, the
+    model factory ``build_model(num_classes, **model_options(args))``, and optionally a key
+    renaming for the method's released files (see ``read_released_checkpoint``)."""
 
     name: str
     build_model: Callable
+    rename_keys: Callable | None = None
 
 
 def open_specified_layers(model, open_layers):
@@ -181,7 +189,7 @@ class Trainer:
         self.history = TrainingHistory()
         self.fixbase_done = 0  # warm-up epochs finished
         self.epoch = args.start_epoch  # main epochs finished (the next one's 0-based index)
-        self.best_rank1 = 0.0
+        self.best_rank1 = -1.0  # the first evaluation is the best so far, even at rank-1 0
 
     @property
     def is_main(self):
@@ -299,7 +307,7 @@ class Trainer:
         rank1 = float(results["cmc"][0])
         self.history.log_evaluation(self.epoch, _metrics(results))
         if self.best_rank1 < rank1:
-            log.info(f"Save! best rank-1 on {name} {self.best_rank1:.4f} -> {rank1:.4f}")
+            log.info(f"Save! rank-1 {rank1:.4f} on {name} is the best so far")
             self.save_epoch_weights("checkpoint_best.pth.tar", rank1)
             self.best_rank1 = rank1
             write_results(self.save_dir / "results_best.json", self.method.name, "best",
@@ -359,17 +367,73 @@ def check_options(args):
                           f"{16 * args.abd_np}")
     if args.evaluate and args.resume and args.load_weights:
         raise OptionError("--evaluate takes the weights from --load-weights or --resume, not both")
+    if args.all_splits:
+        if args.evaluate or args.resume:
+            raise OptionError("--all-splits trains every split from the start; it cannot be "
+                              "combined with --evaluate or --resume (use --split-id for one)")
+        if not set(args.source_names + args.target_names) & set(SPLIT_DATASETS):
+            raise OptionError(f"--all-splits: none of -s/-t is a dataset with random splits "
+                              f"({', '.join(SPLIT_DATASETS)})")
+
+
+def run_command_line(args, method, program):
+    """What ``main.py`` does with parsed ``args``: selects the ``--gpu-devices`` as the original
+    (before CUDA starts; under torchrun the launcher's CUDA_VISIBLE_DEVICES and LOCAL_RANK decide
+    instead), runs, and turns a user error into a one-line message and exit status 1."""
+    if not args.use_avai_gpus and "LOCAL_RANK" not in os.environ:
+        os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu_devices
+    try:
+        run(args, method)
+    except (OptionError, DatasetError, CheckpointError, PretrainedWeightsError) as err:
+        sys.exit(f"{program}: error: {err}")
 
 
 def run(args, method):
     """Runs ``main.py``'s job for ``method``: train (and evaluate), or only evaluate with
-    ``--evaluate``."""
+    ``--evaluate``; with ``--all-splits``, once per split."""
     check_options(args)
     distributed = init_distributed(cpu=args.use_cpu)
     try:
-        _run(args, method, distributed)
+        if args.all_splits:
+            _run_all_splits(args, method, distributed)
+        else:
+            _run(args, method, distributed)
     finally:
         close_distributed()
+
+
+def _run_all_splits(args, method, distributed):
+    """Trains and evaluates splits 0..NUM_RANDOM_SPLITS-1 into ``<save-dir>/split<k>``, then
+    writes ``results_splits.json`` and prints the mean and standard deviation over the splits."""
+    per_split = []
+    for split_id in range(NUM_RANDOM_SPLITS):
+        split_args = copy.copy(args)
+        split_args.split_id = split_id
+        split_args.save_dir = str(Path(args.save_dir) / f"split{split_id}")
+        _run(split_args, method, distributed)
+        if distributed.is_main:
+            per_split.append(json.loads(
+                (Path(split_args.save_dir) / "results_best.json").read_text()))
+    if not distributed.is_main:
+        return
+    keys = ("mAP", "rank1", "rank5", "rank10", "rank20")
+    summary = {"method": method.name, "kind": "splits", "num_splits": len(per_split),
+               "targets": {}}
+    for name in per_split[0]["targets"]:
+        values = {key: np.array([run["targets"][name][key] for run in per_split]) for key in keys}
+        summary["targets"][name] = {
+            "mean": {key: float(v.mean()) for key, v in values.items()},
+            "std": {key: float(v.std()) for key, v in values.items()},
+            "per_split": {key: v.tolist() for key, v in values.items()}}
+    with atomic_write(Path(args.save_dir) / "results_splits.json", "w") as handle:
+        json.dump(summary, handle, indent=2)
+        handle.write("\n")
+    lines = [f"{method.name}, best rank-1 of each of {len(per_split)} splits: mean ± std (%)",
+             f"{'target':<16} " + " ".join(f"{k:>13}" for k in ("mAP", "R1", "R5", "R10", "R20"))]
+    for name, row in summary["targets"].items():
+        lines.append(f"{name:<16} " + " ".join(
+            f"{100 * row['mean'][k]:6.1f} ± {100 * row['std'][k]:4.1f}" for k in keys))
+    print("\n".join(lines), flush=True)
 
 
 def _run(args, method, distributed):
@@ -396,7 +460,7 @@ def _run(args, method, distributed):
     resumable = (resume is not None and not args.evaluate
                  and "optimizer" in load_checkpoint(resume))
     weights = args.load_weights or ("" if resumable else args.resume)
-    released = read_released_checkpoint(weights) if weights else None
+    released = read_released_checkpoint(weights, method.rename_keys) if weights else None
 
     targets = {}
     for name in args.target_names:

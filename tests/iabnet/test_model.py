@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from common.checkpoint import CheckpointError
-from common.torchreid2018.released import load_released_checkpoint
-from iabnet.model import COAB, ChannelGate, SpatialGate, build_model
+from common.torchreid2018.released import load_released_checkpoint, read_released_checkpoint
+from iabnet.model import COAB, ChannelGate, SpatialGate, build_model, rename_original_keys
 
 
 def count(module):
@@ -119,9 +119,23 @@ def test_tiny_input_trace_export_and_released_layout(tmp_path):
     assert load_released_checkpoint(target, tmp_path / "best.pth.tar") == {
         "rank1": pytest.approx(0.8988), "epoch": 19}
     assert all(torch.equal(target.state_dict()[k], v) for k, v in model.state_dict().items())
+    # the bottleneck attention named cbam, as a sibling file of the original names it
+    cbam = {k.replace(".coab.", ".cbam."): v for k, v in swapped.items()}
+    torch.save({"state_dict": cbam, "rank1": 0.5, "epoch": 3}, tmp_path / "cbam.pth.tar")
+    released = read_released_checkpoint(tmp_path / "cbam.pth.tar", rename_original_keys)
+    assert load_released_checkpoint(build_model(10, pretrained=False), released)["epoch"] == 3
     # a file without the COABs (an ABD-Net-shaped backbone) is refused, the keys listed (190
     # COAB entries less the 19 num_batches_tracked, which torch tolerates missing)
     plain = {k: v for k, v in model.state_dict().items() if ".coab." not in k}
     torch.save({"state_dict": plain, "rank1": 0, "epoch": 0}, tmp_path / "plain.pth.tar")
     with pytest.raises(CheckpointError, match=r"171 missing key\(s\).*coab"):
         load_released_checkpoint(target, tmp_path / "plain.pth.tar")
+
+
+def test_casa_channel_switch_puts_a_coab_where_the_code_has_cam():
+    model = build_model(751, pretrained=False, casa_channel="coab")
+    assert isinstance(model.branches[1][1].cam_module.attention_module, COAB)
+    # one CAM gamma less, one COAB(512) more: 512*32 + 32 + 32*512 + 512 + 98 + 2
+    assert count(model) == 73_296_031 - 1 + 33_412
+    with pytest.raises(ValueError, match="casa_channel"):
+        build_model(10, pretrained=False, casa_channel="sam")

@@ -1,13 +1,17 @@
 """The shared trainer's pieces: the open-layer rule, the training-set union, the option checks,
 the flag aliases (abdnet.md §1, §4)."""
 
+import json
+
+import numpy as np
 import pytest
 import torch.nn as nn
+from PIL import Image
 
 from common.data import ReidDataset, Sample
 from common.torchreid2018.args import build_parser
-from common.torchreid2018.trainer import (OptionError, check_options, combine_train_sets,
-                                          open_specified_layers)
+from common.torchreid2018.trainer import (Method, OptionError, check_options, combine_train_sets,
+                                          open_specified_layers, run)
 
 
 def test_open_layers_names_more_modules():
@@ -49,3 +53,51 @@ def test_aliases_name_the_same_flag():
     assert (args.abd_dan, args.abd_np) == (["cam", "pam"], 3)
     with pytest.raises(ValueError, match="--margin"):
         build_parser("test", aliases={"--margin": ["--m"]})
+
+
+class TinyTwoBranchOutputs(nn.Module):
+    """A small stand-in with the train/eval outputs of the ABD-Net family."""
+
+    def __init__(self, num_classes, **options):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(),
+                                      nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.classifier = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        feature = self.features(x)
+        if not self.training:
+            return feature
+        return feature, (self.classifier(feature),), (feature,), {}
+
+
+def test_all_splits_trains_each_split_and_reports_mean_and_spread(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    for camera in ("cam_a", "cam_b"):
+        (tmp_path / "prid" / camera).mkdir(parents=True)
+        for pid in range(1, 9):
+            pixels = rng.integers(0, 255, (32, 16, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "prid" / camera / f"img_{pid:04d}.png")
+    args = build_parser("test").parse_args([
+        "-s", "prid450s", "-t", "prid450s", "--root", str(tmp_path / "prid"), "--height", "32",
+        "--width", "16", "--train-batch-size", "4", "--fixbase-epoch", "0", "--max-epoch", "1",
+        "--use-cpu", "-j", "0", "--no-pretrained", "--save-dir", str(tmp_path / "runs"),
+        "--all-splits"])
+    run(args, Method("Tiny", TinyTwoBranchOutputs))
+    summary = json.loads((tmp_path / "runs/results_splits.json").read_text())
+    per_split = [json.loads((tmp_path / f"runs/split{k}/results_best.json").read_text())
+                 for k in range(10)]
+    rank1 = np.array([run["targets"]["prid450s"]["rank1"] for run in per_split])
+    row = summary["targets"]["prid450s"]
+    assert summary["num_splits"] == 10 and row["per_split"]["rank1"] == rank1.tolist()
+    assert row["mean"]["rank1"] == pytest.approx(rank1.mean())
+    assert row["std"]["rank1"] == pytest.approx(rank1.std())
+    assert "Tiny, best rank-1 of each of 10 splits" in capsys.readouterr().out
+    assert len(set(rank1.tolist())) > 1  # different test identities in different splits
+
+
+def test_all_splits_needs_a_split_dataset():
+    args = build_parser("test").parse_args(["-s", "market1501", "-t", "market1501",
+                                            "--all-splits"])
+    with pytest.raises(OptionError, match="random splits"):
+        check_options(args)
