@@ -10,22 +10,26 @@ __all__ = ["CrossEntropyLabelSmooth", "TripletLoss", "pairwise_distance"]
 
 
 class CrossEntropyLabelSmooth(nn.Module):
-    """Cross-entropy against ``(1 - epsilon) * onehot + epsilon / num_classes`` (Szegedy et al.).
+    """Cross-entropy against ``(1 - epsilon) * onehot + epsilon / K`` (Szegedy et al.), K =
+    ``smoothing_classes`` or, by default, ``num_classes`` (the logits' width).
 
-    ``epsilon=0`` is plain cross-entropy. The loss is averaged over the batch.
+    ``epsilon=0`` is plain cross-entropy. The loss is averaged over the batch. A K other than the
+    width reproduces APNet's released code, which fixes K at 751 on every dataset.
     """
 
-    def __init__(self, num_classes, epsilon=0.1):
+    def __init__(self, num_classes, epsilon=0.1, smoothing_classes=None):
         super().__init__()
         self.num_classes, self.epsilon = num_classes, epsilon
+        self.smoothing_classes = smoothing_classes or num_classes
 
     def forward(self, logits, targets):
         if logits.shape[1] != self.num_classes:
             raise ValueError(f"logits have {logits.shape[1]} classes, the loss expects "
                              f"{self.num_classes}")
         log_probs = F.log_softmax(logits, dim=1)
-        smoothed = torch.full_like(log_probs, self.epsilon / self.num_classes)
-        smoothed.scatter_(1, targets[:, None], 1 - self.epsilon + self.epsilon / self.num_classes)
+        share = self.epsilon / self.smoothing_classes
+        smoothed = torch.full_like(log_probs, share)
+        smoothed.scatter_(1, targets[:, None], 1 - self.epsilon + share)
         return -(smoothed * log_probs).sum(1).mean()
 
 

@@ -25,7 +25,16 @@ def extract_features(model, loader, device="cpu", flip=False, normalize=False, a
 
     Returns:
         features as a float32 CPU tensor (N, D), pids and camids as int64 numpy arrays.
+
+    The global torch generator is left as it was (iterating a DataLoader draws from it), so a
+    training run does not depend on when it is evaluated: an interrupted run resumed from a
+    checkpoint matches an uninterrupted one whatever the evaluation schedules.
     """
+    with torch.random.fork_rng(devices=[]):
+        return _extract(model, loader, device, flip, normalize, amp, progress, desc)
+
+
+def _extract(model, loader, device, flip, normalize, amp, progress, desc):
     was_training = model.training
     model.eval()
     device = torch.device(device)

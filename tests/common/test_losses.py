@@ -39,3 +39,14 @@ def test_cosine_triplet_and_single_identity_error():
     assert loss.item() >= anchor0.item() / 4 - 1e-6 and math.isfinite(loss.item())
     with pytest.raises(ValueError, match="at least two identities"):
         TripletLoss()(features, torch.zeros(4, dtype=torch.long))
+
+
+def test_label_smoothing_with_a_fixed_class_count_as_apnet_releases_it():
+    # APNet's code smooths with K = 751 on every dataset: on 702 classes the target mass is
+    # 1 - 0.1 + 702 * 0.1 / 751 < 1
+    logits = torch.randn(3, 702)
+    targets = torch.tensor([0, 5, 701])
+    loss = CrossEntropyLabelSmooth(702, epsilon=0.1, smoothing_classes=751)(logits, targets)
+    log_probs = torch.log_softmax(logits, dim=1)
+    expected = -(0.9 * log_probs[torch.arange(3), targets] + 0.1 / 751 * log_probs.sum(1)).mean()
+    torch.testing.assert_close(loss, expected)

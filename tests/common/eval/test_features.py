@@ -35,3 +35,13 @@ def test_model_mode_is_restored():
     model = LeftRight().train()
     extract_features(model, loader(), progress=False)
     assert model.training
+
+
+def test_the_global_generator_is_left_as_it_was():
+    loader = DataLoader(TensorDataset(torch.randn(4, 3, 2, 2), torch.arange(4), torch.zeros(4)),
+                        batch_size=2)
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    extract_features(nn.Flatten(), loader, progress=False)  # iterating draws a base seed
+    torch.testing.assert_close(torch.rand(3), expected)

@@ -1,0 +1,44 @@
+"""APNet's command line: the original ``tools/train.py`` (``--config_file`` and ``KEY VALUE``
+overrides), with ``--test`` for ``tools/test.py`` (``../shared/specs/apnet.md`` §2).
+
+    python apnet/main.py --config_file apnet/configs/default.yml        # train.sh
+    python apnet/main.py --test --config_file apnet/configs/default.yml TEST.WEIGHT path.pt
+                                                                         # test.sh
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from apnet.config import ConfigError, load_config
+from apnet.trainer import OptionError, run
+from common.checkpoint import CheckpointError
+from common.data import DatasetError
+from common.layers.resnet import PretrainedWeightsError
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description="APNet (IEEE TIP 2021) for person re-ID")
+    parser.add_argument("--config_file", default="", type=str, help="path to a YAML config")
+    parser.add_argument("--test", action="store_true",
+                        help="evaluate TEST.WEIGHT instead of training (the original test.py)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in OUTPUT_DIR from its latest checkpoint")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[],
+                        help="KEY VALUE pairs overriding the config, e.g. APNET.LEVEL 1")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = load_config(args.config_file or None, args.opts)
+        run(cfg, test_only=args.test, resume=args.resume)
+    except (ConfigError, OptionError, DatasetError, CheckpointError,
+            PretrainedWeightsError) as err:
+        sys.exit(f"apnet/main.py: error: {err}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,6 @@
+#!/bin/sh
+# The original train.sh: train with configs/default.yml (two GPUs, DataParallel). Extra arguments
+# are KEY VALUE overrides, e.g. ./apnet/train.sh DATASETS.NAMES "('dukemtmc')" APNET.LEVEL 1
+cd "$(dirname "$0")/.." || exit 1
+CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0,1} exec python apnet/main.py \
+    --config_file apnet/configs/default.yml "$@"
