@@ -95,3 +95,15 @@ def test_two_process_torchrun_on_cpu(market_mini, tmp_path):
     history = json.loads((tmp_path / "ddp/history.json").read_text())
     assert [row["epoch"] for row in history["epochs"]] == [1, 2]
     assert [row["epoch"] for row in history["evaluations"]] == [2]
+
+
+def test_shell_scripts_run_main_with_the_default_config(tmp_path):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    usage = subprocess.run([str(PROJECT_ROOT / "apnet" / "test.sh")], env=env, cwd=tmp_path,
+                           capture_output=True, text=True)
+    assert usage.returncode == 2 and "usage:" in usage.stderr
+    for script, args in (("train.sh", []), ("test.sh", ["weights.pt"])):
+        result = subprocess.run([str(PROJECT_ROOT / "apnet" / script), *args, "APNET.LEVLE", "1"],
+                                env=env, cwd=tmp_path, capture_output=True, text=True)
+        assert result.returncode == 1
+        assert "non-existent config key APNET.LEVLE" in result.stderr, result.stderr

@@ -1,0 +1,264 @@
+"""IAUnet (Hou et al., IEEE TNNLS 2020) and its predecessor IANet (Hou et al., CVPR 2019).
+
+The networks of the released code (``models/IAUnet.py``, ``models/IAU.py``, ``models/IA.py``),
+restated in ``../shared/specs/iaunet.md`` §3; section numbers below refer to that spec. Both are
+ResNet-50 with last stride 1, an interaction block after layer2 and after layer3, and a head of
+average pooling, BatchNorm1d and a classifier; the test feature is the 2,048-d post-BN vector.
+
+- IAUnet's IAU block: CIAU (channel interaction) then SIAU (a graph over 4 body-part nodes and a
+  global node, whose part maps are supervised by part masks during training).
+- IANet's IA block: SIA (position interaction with a fixed Gaussian location prior) then CIA.
+
+State_dict names follow the original (``IAU2.*``, ``IAU3.*``, ``bn``, ``classifier``; IANet's
+``layer2.4.*``, ``layer3.6.*``), so checkpoints of the original load strictly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from common.layers.resnet import build_resnet50
+
+__all__ = ["CIAU", "IABlock", "IANet", "IAU", "IAUnet", "NUM_PARTS", "PARTS", "build_model"]
+
+PARTS = ("head", "upper", "lower", "shoes")
+NUM_PARTS = len(PARTS)
+
+
+def conv1x1(in_channels, out_channels):
+    return nn.Conv2d(in_channels, out_channels, kernel_size=1)
+
+
+def zero_bn(channels):
+    """A BatchNorm2d whose weight and bias start at 0, so the branch it ends starts at 0."""
+    bn = nn.BatchNorm2d(channels)
+    nn.init.zeros_(bn.weight)
+    nn.init.zeros_(bn.bias)
+    return bn
+
+
+def channel_interaction(x):
+    """softmax(G Gᵀ) G over channels (no projection, no scaling; CIAU §3.2 steps 1-4)."""
+    b, c, h, w = x.shape
+    flat = x.reshape(b, c, h * w)
+    affinity = F.softmax(flat @ flat.transpose(1, 2), dim=-1)
+    return (affinity @ flat).reshape(b, c, h, w)
+
+
+class ConvBN(nn.Module):
+    """Conv1x1 (with bias) then BatchNorm2d, as ``sa.conv``: keys ``conv.*`` and ``bn.*``."""
+
+    def __init__(self, in_channels, out_channels):
+        super().__init__()
+        self.conv = conv1x1(in_channels, out_channels)
+        self.bn = nn.BatchNorm2d(out_channels)
+
+    def forward(self, x):
+        return self.bn(self.conv(x))
+
+
+class PartAttention(nn.Module):
+    """A = sigmoid(BN(Conv1x1(C -> 4)(Z))): independent head / upper / lower / shoes maps."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.conv = ConvBN(channels, NUM_PARTS)
+
+    def forward(self, x):
+        return torch.sigmoid(self.conv(x))
+
+
+class EdgeWeights(nn.Module):
+    """``Wcompute``: W_ij = softmax_j(BN(Conv([|x_i - x_j| ; u'])) - 1e8 [i = j]) (SIAU step 5)."""
+
+    def __init__(self, node_channels):
+        super().__init__()
+        self.relation = nn.Sequential(conv1x1(2 * node_channels, 1), nn.BatchNorm2d(1))
+
+    def forward(self, nodes, global_node):
+        """nodes (B, C', K), global_node (B, C') -> (B, K, K) row-stochastic weights."""
+        b, c, k = nodes.shape
+        difference = (nodes[:, :, :, None] - nodes[:, :, None, :]).abs()
+        context = global_node[:, :, None, None].expand(b, c, k, k)
+        scores = self.relation(torch.cat([difference, context], dim=1))[:, 0]
+        scores = scores - 1e8 * torch.eye(k, device=scores.device, dtype=scores.dtype)
+        return F.softmax(scores, dim=-1)
+
+
+class NodeUpdate(nn.Module):
+    """``Gconv``: s_i = ReLU(BN(Conv([x_i ; sum_j W_ij x_j]))) (SIAU step 6)."""
+
+    def __init__(self, node_channels):
+        super().__init__()
+        self.fsm = nn.Sequential(conv1x1(2 * node_channels, node_channels),
+                                 nn.BatchNorm2d(node_channels), nn.ReLU())
+
+    def forward(self, nodes, weights):
+        messages = nodes @ weights.transpose(1, 2)  # (B, C', K): column i = sum_j W_ij x_j
+        return self.fsm(torch.cat([nodes, messages], dim=1)[:, :, :, None])[:, :, :, 0]
+
+
+class SIAUGraph(nn.Module):
+    """The part graph of SIAU (keys ``SIAU.module_w.*``, ``SIAU.module_l.*``)."""
+
+    def __init__(self, node_channels):
+        super().__init__()
+        self.module_w = EdgeWeights(node_channels)
+        self.module_l = NodeUpdate(node_channels)
+
+    def forward(self, nodes, global_node):
+        return self.module_l(nodes, self.module_w(nodes, global_node))
+
+
+class IAU(nn.Module):
+    """The IAU block (§3.2): Z = X + W1(CIAU(X)); out = Z + W2([mean_k s_k ; u']) broadcast.
+
+    Returns ``(out, A)``, A the (B, 4, H, W) part maps that the mask loss supervises. W1 and W2
+    end in zero-initialised BatchNorms, so the block starts as the identity.
+    """
+
+    def __init__(self, channels):
+        super().__init__()
+        half = channels // 2
+        self.sa = PartAttention(channels)
+        self.g = conv1x1(channels, half)
+        self.SIAU = SIAUGraph(half)
+        self.W1 = nn.Sequential(conv1x1(channels, channels), zero_bn(channels))
+        self.W2 = nn.Sequential(conv1x1(channels, channels), zero_bn(channels))
+        for conv in self.modules():  # MSRA fan-out; the two final BatchNorms stay at zero
+            if isinstance(conv, nn.Conv2d):
+                nn.init.normal_(conv.weight, 0.0, math.sqrt(2.0 / conv.out_channels))
+
+    def forward(self, x):
+        z = x + self.W1(channel_interaction(x))
+        attention = self.sa(z)
+        parts = attention.flatten(2) @ z.flatten(2).transpose(1, 2)  # (B, 4, C): weighted sums
+        pooled = torch.cat([parts.transpose(1, 2), z.mean(dim=(2, 3))[:, :, None]], dim=2)
+        reduced = self.g(pooled[:, :, :, None])[:, :, :, 0]  # (B, C', 4 + 1)
+        nodes, global_node = reduced[:, :, :NUM_PARTS], reduced[:, :, NUM_PARTS]
+        updated = self.SIAU(nodes, global_node)
+        readout = torch.cat([updated.mean(dim=2), global_node], dim=1)[:, :, None, None]
+        return z + self.W2(readout), attention
+
+
+class CIAU(nn.Module):
+    """IANet's CIA (§3.4): X + BN(channel interaction), the BN zero-initialised (key ``W2``)."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.W2 = zero_bn(channels)
+
+    def forward(self, x):
+        return x + self.W2(channel_interaction(x))
+
+
+class IABlock(nn.Module):
+    """IANet's IA block (§3.4): SIA then CIA, appended to a ResNet stage (keys ``W1``, ``W2``).
+
+    SIA: softmax(softmax(XᵀX / sqrt(C)) * P) applied over positions, then a zero-initialised BN
+    (``W1``) and the residual. P is a fixed Gaussian location prior on the (height, width) map:
+    row i is softmax_j(-(dx² / (2 alpha_x²) + dy² / (2 alpha_y²))), x along the width and y along
+    the height [inferred: the released sizes pair alpha_y with the longer axis]. The second
+    softmax is the released code's.
+    """
+
+    def __init__(self, channels, map_size, alpha_x, alpha_y):
+        super().__init__()
+        self.map_size = tuple(map_size)
+        self.scale = 1.0 / math.sqrt(channels)
+        self.W1 = zero_bn(channels)
+        self.W2 = zero_bn(channels)
+        self.register_buffer("location_prior", _location_prior(map_size, alpha_x, alpha_y),
+                             persistent=False)
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        if (h, w) != self.map_size:
+            raise ValueError(f"IANet's location prior is built for a {self.map_size} map, got "
+                             f"({h}, {w}); build the model with the input size it will see")
+        flat = x.reshape(b, c, h * w)
+        appearance = F.softmax(flat.transpose(1, 2) @ flat * self.scale, dim=-1)
+        affinity = F.softmax(appearance * self.location_prior, dim=-1)
+        x = x + self.W1((flat @ affinity.transpose(1, 2)).reshape(b, c, h, w))
+        return x + self.W2(channel_interaction(x))
+
+
+def _location_prior(map_size, alpha_x, alpha_y):
+    h, w = map_size
+    rows = torch.arange(h, dtype=torch.float32).repeat_interleave(w)
+    cols = torch.arange(w, dtype=torch.float32).repeat(h)
+    dy = rows[:, None] - rows[None, :]
+    dx = cols[:, None] - cols[None, :]
+    return F.softmax(-(dx ** 2 / (2 * alpha_x ** 2) + dy ** 2 / (2 * alpha_y ** 2)), dim=-1)
+
+
+class IAUnet(nn.Module):
+    """IAUnet (§3.1-§3.3). Train forward: ``(logits, f, [A2, A3])``; eval forward: f (B, 2048).
+
+    Evaluation needs no mask.
+    """
+
+    def __init__(self, num_classes, pretrained=True, weights_path=None):
+        super().__init__()
+        resnet = build_resnet50(last_stride=1, pretrained=pretrained, weights_path=weights_path)
+        self.conv1, self.bn1, self.relu, self.maxpool = (resnet.conv1, resnet.bn1, resnet.relu,
+                                                         resnet.maxpool)
+        self.layer1, self.layer2 = resnet.layer1, resnet.layer2
+        self.layer3, self.layer4 = resnet.layer3, resnet.layer4
+        self.IAU2 = IAU(512)
+        self.IAU3 = IAU(1024)
+        self.bn = nn.BatchNorm1d(2048)
+        self.classifier = nn.Linear(2048, num_classes)
+
+    def forward(self, x):
+        x = self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(x)))))
+        x, attention2 = self.IAU2(self.layer2(x))
+        x, attention3 = self.IAU3(self.layer3(x))
+        f = self.bn(F.adaptive_avg_pool2d(self.layer4(x), 1).flatten(1))
+        if not self.training:
+            return f
+        return self.classifier(f), f, [attention2, attention3]
+
+
+class IANet(nn.Module):
+    """IANet (§3.4): IA blocks appended to layer2 (as ``layer2.4``) and layer3 (``layer3.6``).
+    Train forward: ``(logits, f)``; eval forward: f (B, 2048).
+
+    Args:
+        input_size: the (height, width) the location priors are built for; the released priors
+            are for 256x128 (maps 32x16 with alpha 10/20 and 16x8 with alpha 5/10).
+    """
+
+    def __init__(self, num_classes, input_size=(256, 128), pretrained=True, weights_path=None):
+        super().__init__()
+        resnet = build_resnet50(last_stride=1, pretrained=pretrained, weights_path=weights_path)
+        height, width = input_size
+        self.conv1, self.bn1, self.relu, self.maxpool = (resnet.conv1, resnet.bn1, resnet.relu,
+                                                         resnet.maxpool)
+        self.layer1, self.layer2 = resnet.layer1, resnet.layer2
+        self.layer3, self.layer4 = resnet.layer3, resnet.layer4
+        self.layer2.append(IABlock(512, (math.ceil(height / 8), math.ceil(width / 8)), 10, 20))
+        self.layer3.append(IABlock(1024, (math.ceil(height / 16), math.ceil(width / 16)), 5, 10))
+        self.bn = nn.BatchNorm1d(2048)
+        self.classifier = nn.Linear(2048, num_classes)
+
+    def forward(self, x):
+        x = self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(x)))))
+        x = self.layer4(self.layer3(self.layer2(x)))
+        f = self.bn(F.adaptive_avg_pool2d(x, 1).flatten(1))
+        if not self.training:
+            return f
+        return self.classifier(f), f
+
+
+def build_model(num_classes, arch="iaunet", **options):
+    """``arch="iaunet"`` (default) or ``"ianet"``; ``options`` are the class's keyword arguments."""
+    if arch == "iaunet":
+        return IAUnet(num_classes, **options)
+    if arch == "ianet":
+        return IANet(num_classes, **options)
+    raise ValueError(f"--arch {arch!r}: choose iaunet or ianet")
