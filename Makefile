@@ -39,8 +39,11 @@ demo: $(STAMP)
 	print(f\"demo: mAP {100 * u['mAP']:.1f}% untrained -> {100 * t['mAP']:.1f}% trained, \
 	rank-1 {100 * u['rank1']:.1f}% -> {100 * t['rank1']:.1f}%; plots and logs in experiment/demo/\")"
 
+# Evaluation/re-ranking speed, then every method compiled with each available backend (a quick
+# sweep on a CPU; `$(PY) -m bench.compile_speed --full` on a GPU machine).
 bench: $(STAMP)
 	$(PY) -m bench.eval_speed
+	$(PY) -m bench.compile_speed
 
 clean:
 	rm -rf .pytest_cache build *.egg-info

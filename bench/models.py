@@ -1,0 +1,136 @@
+"""The five methods as ``bench/`` sees them: native input size, a fresh network, and the loading
+of a checkpoint written by each method's ``main.py`` (or the original code), strictly.
+
+A file of another method, or not a checkpoint at all, is a :class:`BenchModelError` that names
+the method, the file and what did not match.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from common.checkpoint import CheckpointError, load_checkpoint, load_state_dict_checked
+
+__all__ = ["BENCH_METHODS", "BenchMethod", "BenchModelError", "load_method_model"]
+
+
+class BenchModelError(ValueError):
+    """A checkpoint that does not give the method's network; the message says why."""
+
+
+@dataclass(frozen=True)
+class BenchMethod:
+    name: str
+    input_size: tuple  # (height, width) of the README configuration
+    fresh: Callable  # () -> the network with fresh weights (751 classes, no ImageNet file)
+    load: Callable  # (path) -> the network with the checkpoint's weights
+
+
+def _lagnet_fresh():
+    from lagnet.model import build_model
+    return build_model(751, pretrained=False)
+
+
+def _lagnet_load(path):
+    from lagnet.model import build_model, load_weights, read_weights
+    state = read_weights(path)
+    classifier = state.get("classifier_gs.classifier.0.weight")
+    model = build_model(int(classifier.shape[0]) if classifier is not None else 751,
+                        pretrained=False)
+    load_weights(model, state, source=str(path))
+    return model
+
+
+def _abdnet_fresh():
+    from abdnet.model import build_model
+    return build_model(751, pretrained=False)
+
+
+def _two_branch_load(build_model, rename_keys=None):
+    def load(path):
+        from common.torchreid2018.released import load_released_checkpoint, read_released_checkpoint
+        released = read_released_checkpoint(path, rename_keys)
+        model = build_model(released.num_classes or 751, pretrained=False)
+        load_released_checkpoint(model, released)
+        return model
+    return load
+
+
+def _abdnet_load(path):
+    from abdnet.model import build_model
+    return _two_branch_load(build_model)(path)
+
+
+def _iabnet_fresh():
+    from iabnet.model import build_model
+    return build_model(751, pretrained=False)
+
+
+def _iabnet_load(path):
+    from iabnet.model import build_model, rename_original_keys
+    return _two_branch_load(build_model, rename_original_keys)(path)
+
+
+def _state_of(path, key):
+    checkpoint = load_checkpoint(path)
+    state = checkpoint.get(key, checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict) or "classifier.weight" not in state:
+        raise CheckpointError(f"{path} holds no '{key}' state_dict with a classifier.weight")
+    return state
+
+
+def _iaunet_fresh():
+    from iaunet.model import build_model
+    return build_model(751, pretrained=False)
+
+
+def _iaunet_load(path):
+    from iaunet.model import build_model
+    state = _state_of(path, "state_dict")
+    arch = "ianet" if "layer2.4.W1.weight" in state else "iaunet"
+    model = build_model(int(state["classifier.weight"].shape[0]), arch=arch, pretrained=False)
+    load_state_dict_checked(model, state, source=str(path))
+    return model
+
+
+def _apnet_fresh():
+    from apnet.model import build_model
+    return build_model(751, level=2, pretrained=False)
+
+
+def _apnet_load(path):
+    from apnet.model import build_model
+    state = _state_of(path, "model")
+    level = next((lvl for key, lvl in (("att_ss1.fc1.weight", 3), ("att_s1.fc1.weight", 2),
+                                       ("att1.fc.0.weight", 1)) if key in state), 0)
+    model = build_model(int(state["classifier.weight"].shape[0]), level=level, pretrained=False)
+    load_state_dict_checked(model, state, source=str(path))
+    return model
+
+
+BENCH_METHODS = {
+    "lagnet": BenchMethod("lagnet", (384, 128), _lagnet_fresh, _lagnet_load),
+    "abdnet": BenchMethod("abdnet", (384, 128), _abdnet_fresh, _abdnet_load),
+    "iabnet": BenchMethod("iabnet", (384, 128), _iabnet_fresh, _iabnet_load),
+    "iaunet": BenchMethod("iaunet", (256, 128), _iaunet_fresh, _iaunet_load),
+    "apnet": BenchMethod("apnet", (384, 192), _apnet_fresh, _apnet_load),
+}
+
+
+def load_method_model(name, checkpoint=None):
+    """The eval-mode network of method ``name``: fresh weights, or ``checkpoint``'s."""
+    if name not in BENCH_METHODS:
+        raise BenchModelError(f"unknown method {name!r}; choose from {', '.join(BENCH_METHODS)}")
+    method = BENCH_METHODS[name]
+    if checkpoint is None:
+        return method.fresh().eval()
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise BenchModelError(f"{name}: checkpoint {path} does not exist")
+    try:
+        return method.load(path).eval()
+    except CheckpointError as err:
+        raise BenchModelError(f"{path} is not a {name} checkpoint that this network can load: "
+                              f"{err}") from None
