@@ -21,7 +21,7 @@ README_FLAGS = ["-s", "market1501", "-t", "market1501", "--flip-eval", "--eval-f
                 "crop", "random-erase", "--margin", "1.2", "--optim", "adam", "--lr", "0.0003",
                 "--arch", "resnet50", "--use-of", "--abd-dan", "cam", "pam", "--abd-np", "2",
                 "--shallow-cam", "--use-ow"]
-TINY = ["--height", "64", "--width", "32", "--train-batch-size", "16", "--test-batch-size", "32",
+TINY = ["--height", "32", "--width", "16", "--train-batch-size", "16", "--test-batch-size", "32",
         "--fixbase-epoch", "1", "--of-start-epoch", "1", "--stepsize", "1", "--use-cpu",
         "--no-pretrained", "-j", "0"]
 
