@@ -38,10 +38,10 @@ from common.eval import (compute_distance_matrix, evaluate_rank, extract_feature
                          re_ranking)
 from common.eval.report import results_to_dict
 from common.files import atomic_write
-from common.history import TrainingHistory
+from common.history import LossMeter, TrainingHistory
 from common.losses import CrossEntropyLabelSmooth, TripletLoss
 from common.runtime import (autocast, close_distributed, grad_scaler, init_distributed,
-                            seed_everything, select_device, setup_logging)
+                            optimizer_step, seed_everything, select_device, setup_logging)
 
 __all__ = ["DATASET_NAMES", "OptionError", "build_optimizer", "run", "warmup_multistep_factor"]
 
@@ -193,7 +193,7 @@ class Trainer:
         cfg = self.cfg
         self.train_loader.sampler.set_epoch(self.epoch)
         self.model.train()
-        sums, batches = {}, 0
+        meter = LossMeter()
         progress = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{cfg.SOLVER.MAX_EPOCHS}",
                         leave=False, disable=not self.distributed.is_main)
         for images, pids, _ in progress:
@@ -201,16 +201,11 @@ class Trainer:
             with autocast(self.device, cfg.MODEL.AMP):
                 logits, feature = self.model(images)
             total, terms = self.criterion(logits, feature, pids)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(total).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            optimizer_step(total, self.optimizer, self.scaler)
             accuracy = (logits.argmax(1) == pids).float().mean()
-            for name, value in {**terms, "total": total, "accuracy": accuracy}.items():
-                sums[name] = sums.get(name, 0.0) + value.item()
-            batches += 1
-            progress.set_postfix(loss=f"{sums['total'] / batches:.3f}")
-        means = {name: value / batches for name, value in sums.items()}
+            meter.update({**terms, "total": total, "accuracy": accuracy})
+            progress.set_postfix(loss=f"{meter.means()['total']:.3f}")
+        means = meter.means()
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
         self.epoch += 1

@@ -16,7 +16,24 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from common.files import atomic_write  # noqa: E402
 
-__all__ = ["TrainingHistory"]
+__all__ = ["LossMeter", "TrainingHistory"]
+
+
+class LossMeter:
+    """The running mean of each named loss term over one epoch's batches."""
+
+    def __init__(self):
+        self.sums, self.batches = {}, 0
+
+    def update(self, terms):
+        """Adds one batch's terms (tensors or numbers)."""
+        for name, value in terms.items():
+            self.sums[name] = self.sums.get(name, 0.0) + float(value.detach() if hasattr(
+                value, "detach") else value)
+        self.batches += 1
+
+    def means(self):
+        return {name: value / max(self.batches, 1) for name, value in self.sums.items()}
 
 
 class TrainingHistory:

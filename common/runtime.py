@@ -19,8 +19,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["Distributed", "add_runtime_flags", "autocast", "close_distributed", "grad_scaler", "init_distributed", "is_main_process",
-           "select_device", "seed_everything", "setup_logging"]
+__all__ = ["Distributed", "add_runtime_flags", "autocast", "close_distributed", "grad_scaler",
+           "init_distributed", "is_main_process", "optimizer_step", "select_device",
+           "seed_everything", "setup_logging"]
 
 
 def add_runtime_flags(group, separator="-"):
@@ -110,6 +111,14 @@ def autocast(device, enabled):
 def grad_scaler(device, enabled):
     """A GradScaler that is active only for mixed precision on CUDA."""
     return torch.amp.GradScaler("cuda", enabled=enabled and torch.device(device).type == "cuda")
+
+
+def optimizer_step(loss, optimizer, scaler):
+    """zero_grad, backward of ``loss`` (scaled for float16), optimizer step, scaler update."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
 
 
 def setup_logging(log_file=None, main_process=True):

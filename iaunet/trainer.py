@@ -36,9 +36,9 @@ from common.data.transforms import CIFAR_MEAN, build_test_transform, build_train
 from common.eval import compute_distance_matrix, evaluate_rank, extract_features, format_results
 from common.eval.report import results_to_dict
 from common.files import atomic_write
-from common.history import TrainingHistory
+from common.history import LossMeter, TrainingHistory
 from common.runtime import (autocast, close_distributed, grad_scaler, init_distributed,
-                            seed_everything, select_device, setup_logging)
+                            optimizer_step, seed_everything, select_device, setup_logging)
 from iaunet.loss import DISTANCES, IAUnetLoss
 from iaunet.masks import MaskedImageDataset, find_mask_folder
 from iaunet.model import build_model
@@ -119,7 +119,7 @@ class Trainer:
             self.scheduler.step()
         self.train_loader.batch_sampler.set_epoch(self.epoch)
         self.model.train()
-        sums, batches = {}, 0
+        meter = LossMeter()
         progress = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{args.max_epoch}",
                         leave=False, disable=not self.distributed.is_main)
         for batch in progress:
@@ -128,16 +128,11 @@ class Trainer:
             with autocast(self.device, args.amp):
                 outputs = self.model(images)
             total, terms = self.criterion(outputs, pids, masks)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(total).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            for name, value in {**terms, "total": total}.items():
-                sums[name] = sums.get(name, 0.0) + value.item()
-            batches += 1
-            progress.set_postfix(loss=f"{sums['total'] / batches:.3f}")
+            optimizer_step(total, self.optimizer, self.scaler)
+            meter.update({**terms, "total": total})
+            progress.set_postfix(loss=f"{meter.means()['total']:.3f}")
         self.epoch += 1
-        losses = {name: value / batches for name, value in sums.items()}
+        losses = meter.means()
         lr = self.optimizer.param_groups[0]["lr"]
         self.history.log_epoch(self.epoch, lr, losses)
         log.info(f"Epoch {self.epoch} lr {lr:.2e} "

@@ -28,9 +28,9 @@ from common.data.transforms import build_test_transform, build_train_transform
 from common.eval import compute_distance_matrix, evaluate_rank, extract_features, re_ranking
 from common.eval.report import results_to_dict
 from common.files import atomic_write
-from common.history import TrainingHistory
+from common.history import LossMeter, TrainingHistory
 from common.runtime import (autocast, close_distributed, grad_scaler, init_distributed,
-                            seed_everything, select_device, setup_logging)
+                            optimizer_step, seed_everything, select_device, setup_logging)
 from lagnet.loss import LAGLoss, parse_loss_string
 from lagnet.model import build_model, load_weights, read_weights
 from lagnet.sampler import IdentityGroupSampler
@@ -210,7 +210,7 @@ class Trainer:
         self.train_loader.batch_sampler.set_epoch(self.epoch)
         self.model.train()
         self.criterion.train()
-        sums, batches = {}, 0
+        meter = LossMeter()
         progress = tqdm(self.train_loader, desc=f"epoch {self.epoch}/{self.num_epochs}",
                         leave=False, disable=not self.is_main)
         for images, labels, _ in progress:
@@ -218,15 +218,10 @@ class Trainer:
             with autocast(self.device, self.args.amp):
                 outputs = self.model(images)
             total, terms = self.criterion(outputs, labels)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(total).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            for name, value in {**terms, "Total": total}.items():
-                sums[name] = sums.get(name, 0.0) + value.item()
-            batches += 1
-            progress.set_postfix(loss=f"{sums['Total'] / batches:.3f}")
-        losses = {name: value / max(batches, 1) for name, value in sums.items()}
+            optimizer_step(total, self.optimizer, self.scaler)
+            meter.update({**terms, "Total": total})
+            progress.set_postfix(loss=f"{meter.means()['Total']:.3f}")
+        losses = meter.means()
         lr = self.optimizer.param_groups[0]["lr"]
         self.history.log_epoch(self.epoch, lr, losses)
         log.info(f"[Epoch {self.epoch}/{self.num_epochs}] lr {lr:.2e} "

@@ -47,10 +47,10 @@ from common.eval import (compute_distance_matrix, evaluate_rank, extract_feature
                          visualize_ranked_results)
 from common.eval.report import results_to_dict
 from common.files import atomic_write
-from common.history import TrainingHistory
+from common.history import LossMeter, TrainingHistory
 from common.layers.resnet import PretrainedWeightsError
 from common.runtime import (autocast, close_distributed, grad_scaler, init_distributed,
-                            seed_everything, select_device, setup_logging)
+                            optimizer_step, seed_everything, select_device, setup_logging)
 from common.torchreid2018.args import data_augment_steps, model_options
 from common.torchreid2018.loss import ABDLoss
 from common.torchreid2018.released import load_released_checkpoint, read_released_checkpoint
@@ -208,22 +208,17 @@ class Trainer:
             title = f"fixbase {self.fixbase_done + 1}/{args.fixbase_epoch}"
         else:
             title = f"epoch {self.epoch + 1}/{args.max_epoch}"
-        sums, batches = {}, 0
+        meter = LossMeter()
         progress = tqdm(self.train_loader, desc=title, leave=False, disable=not self.is_main)
         for images, pids, _ in progress:
             images, pids = images.to(self.device), pids.to(self.device)
             with autocast(self.device, args.amp):
                 outputs = self.model(images)
             total, terms = self.criterion(module, outputs, pids, self.epoch, fixbase)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(total).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            for name, value in {**terms, "total": total}.items():
-                sums[name] = sums.get(name, 0.0) + value.item()
-            batches += 1
-            progress.set_postfix(loss=f"{sums['total'] / batches:.4f}")
-        losses = {name: value / batches for name, value in sums.items()}
+            optimizer_step(total, self.optimizer, self.scaler)
+            meter.update({**terms, "total": total})
+            progress.set_postfix(loss=f"{meter.means()['total']:.4f}")
+        losses = meter.means()
         lr = self.optimizer.param_groups[0]["lr"]
         # History epochs: 1..max_epoch for the main phase, the warm-up before them (<= 0).
         if fixbase:

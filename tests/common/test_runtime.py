@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from common.runtime import (autocast, grad_scaler, init_distributed, seed_everything,
-                            select_device, setup_logging)
+from common.history import LossMeter
+from common.runtime import (autocast, grad_scaler, init_distributed, optimizer_step,
+                            seed_everything, select_device, setup_logging)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,3 +53,14 @@ def test_two_process_torchrun_on_gloo(tmp_path):
     rank0, rank1 = map(set, result["indices"])
     assert rank0 and rank0.isdisjoint(rank1)  # each identity has exactly K=4 images
     assert len(result["indices"][0]) == len(result["indices"][1])
+
+
+def test_loss_meter_means_and_optimizer_step():
+    meter = LossMeter()
+    meter.update({"a": torch.tensor(1.0, requires_grad=True), "b": 4})
+    meter.update({"a": 3.0, "b": torch.tensor(0.0)})
+    assert meter.means() == {"a": 2.0, "b": 2.0}
+    weight = torch.nn.Parameter(torch.tensor([1.0]))
+    optimizer = torch.optim.SGD([weight], lr=0.5)
+    optimizer_step((2 * weight).sum(), optimizer, grad_scaler("cpu", enabled=False))
+    assert weight.item() == pytest.approx(0.0)  # 1 - 0.5 * 2
