@@ -239,8 +239,7 @@ class Trainer:
                         history=self.history.state_dict())
         for old in sorted_checkpoints(self.output_dir, self.cfg.MODEL.NAME)[:-KEEP_CHECKPOINTS]:
             old.unlink()
-        self.history.write_json(self.output_dir / "history.json")
-        self.history.plot(self.output_dir / "loss.png", self.output_dir / "metrics.png")
+        self.history.write(self.output_dir)
 
     def resume(self, path):
         checkpoint = resume_from(path, unwrap_model(self.model), self.optimizer, self.scheduler,

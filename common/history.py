@@ -70,6 +70,11 @@ class TrainingHistory:
             json.dump(self.state_dict(), handle, indent=2)
             handle.write("\n")
 
+    def write(self, folder):
+        """``history.json``, ``loss.png`` and ``metrics.png`` in ``folder``: a run's record."""
+        self.write_json(folder / "history.json")
+        self.plot(folder / "loss.png", folder / "metrics.png")
+
     def plot(self, loss_path, metrics_path):
         """Writes the loss curves and the mAP / rank-1 curves; returns the paths written."""
         written = []

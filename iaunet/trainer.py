@@ -171,8 +171,7 @@ class Trainer:
         save_checkpoint(self.save_dir / TRAINING_STATE, model=self.model, epoch=self.epoch,
                         optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
                         best_rank1=self.best_rank1, history=self.history.state_dict())
-        self.history.write_json(self.save_dir / "history.json")
-        self.history.plot(self.save_dir / "loss.png", self.save_dir / "metrics.png")
+        self.history.write(self.save_dir)
 
     def resume(self, path):
         checkpoint = resume_from(path, unwrap_model(self.model), self.optimizer, self.scheduler,

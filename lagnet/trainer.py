@@ -265,11 +265,7 @@ class Trainer:
         save_checkpoint(self.folder / "training_state.pt", model=self.model, epoch=self.epoch,
                         optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
                         loss=self.criterion.state_dict(), history=self.history.state_dict())
-        self.write_history()
-
-    def write_history(self):
-        self.history.write_json(self.folder / "history.json")
-        self.history.plot(self.folder / "loss.png", self.folder / "metrics.png")
+        self.history.write(self.folder)
 
     def resume(self, path):
         """Continues the run saved in ``path`` (``training_state.pt``) exactly where it stopped."""

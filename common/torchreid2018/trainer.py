@@ -263,8 +263,7 @@ class Trainer:
                         optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
                         fixbase_done=self.fixbase_done, best_rank1=self.best_rank1,
                         history=self.history.state_dict())
-        self.history.write_json(self.save_dir / "history.json")
-        self.history.plot(self.save_dir / "loss.png", self.save_dir / "metrics.png")
+        self.history.write(self.save_dir)
 
     def resume(self, path):
         """Continues the run whose ``training_state.pth.tar`` is ``path`` exactly."""
