@@ -18,10 +18,12 @@ from pathlib import Path
 
 import yaml
 
+from common.runtime import OptionError
+
 __all__ = ["ConfigError", "DEFAULTS", "load_config"]
 
 
-class ConfigError(ValueError):
+class ConfigError(OptionError):
     """A configuration file or override that cannot be used; the message names the key."""
 
 

@@ -9,13 +9,10 @@ overrides), with ``--test`` for ``tools/test.py`` (``../shared/specs/apnet.md`` 
 from __future__ import annotations
 
 import argparse
-import sys
 
-from apnet.config import ConfigError, load_config
-from apnet.trainer import OptionError, run
-from common.checkpoint import CheckpointError
-from common.data import DatasetError
-from common.layers.resnet import PretrainedWeightsError
+from apnet.config import load_config
+from apnet.trainer import run
+from common.runtime import exit_on_user_error
 
 
 def build_parser():
@@ -32,12 +29,9 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    try:
+    with exit_on_user_error("apnet/main.py"):
         cfg = load_config(args.config_file or None, args.opts)
         run(cfg, test_only=args.test, resume=args.resume)
-    except (ConfigError, OptionError, DatasetError, CheckpointError,
-            PretrainedWeightsError) as err:
-        sys.exit(f"apnet/main.py: error: {err}")
 
 
 if __name__ == "__main__":

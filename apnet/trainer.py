@@ -40,8 +40,8 @@ from common.eval.report import results_to_dict
 from common.files import atomic_write
 from common.history import LossMeter, TrainingHistory
 from common.losses import CrossEntropyLabelSmooth, TripletLoss
-from common.runtime import (autocast, close_distributed, grad_scaler, init_distributed,
-                            optimizer_step, seed_everything, select_device, setup_logging)
+from common.runtime import (autocast, distributed_session, grad_scaler, optimizer_step,
+                            OptionError, seed_everything, select_device, setup_logging)
 
 __all__ = ["DATASET_NAMES", "OptionError", "build_optimizer", "run", "warmup_multistep_factor"]
 
@@ -52,10 +52,6 @@ KEEP_CHECKPOINTS = 5  # ignite's ModelCheckpoint(n_saved=5)
 # common/ parser name works too, in a folder of that name.
 DATASET_NAMES = {"market1501": ("market1501", "market1501"), "dukemtmc": ("dukemtmcreid", "duke"),
                  "msmt17": ("msmt17", "msmt17")}
-
-
-class OptionError(ValueError):
-    """A configuration value that cannot run; the message names the key and the fix."""
 
 
 def warmup_multistep_factor(epoch, steps, gamma, warmup_factor, warmup_iters, method):
@@ -287,11 +283,8 @@ def write_results(path, kind, epoch, results):
 def run(cfg, test_only=False, resume=False):
     """``tools/train.py`` (or ``tools/test.py`` with ``test_only``) for the configuration."""
     check_config(cfg)
-    distributed = init_distributed(cpu=not cfg.MODEL.DEVICE.startswith("cuda"))
-    try:
+    with distributed_session(cpu=not cfg.MODEL.DEVICE.startswith("cuda")) as distributed:
         _run(cfg, test_only, resume, distributed)
-    finally:
-        close_distributed()
 
 
 def _run(cfg, test_only, resume, distributed):

@@ -12,6 +12,7 @@ import logging
 import os
 import random
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,9 +20,38 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["Distributed", "add_runtime_flags", "autocast", "close_distributed", "grad_scaler",
-           "init_distributed", "is_main_process", "optimizer_step", "select_device",
-           "seed_everything", "setup_logging"]
+from common.checkpoint import CheckpointError
+from common.data import DatasetError
+from common.layers.resnet import PretrainedWeightsError
+
+__all__ = ["Distributed", "OptionError", "add_runtime_flags", "autocast", "close_distributed",
+           "distributed_session", "exit_on_user_error", "grad_scaler", "init_distributed",
+           "is_main_process", "optimizer_step", "select_device", "seed_everything",
+           "setup_logging", "step_scheduler"]
+
+
+class OptionError(ValueError):
+    """A command-line or configuration value that cannot run; the message names it and the fix."""
+
+
+@contextlib.contextmanager
+def exit_on_user_error(program):
+    """What a ``main.py`` wraps its run in: an error in what the user gave (options, data,
+    checkpoints, ImageNet weights) ends the program with ``<program>: error: <message>`` and exit
+    status 1, without a traceback."""
+    try:
+        yield
+    except (OptionError, DatasetError, CheckpointError, PretrainedWeightsError) as err:
+        sys.exit(f"{program}: error: {err}")
+
+
+def step_scheduler(scheduler, steps=1):
+    """Steps ``scheduler`` where that is meant to happen before any optimizer step (an epoch-start
+    schedule, or one advanced to a resumed epoch), without torch's warning about the order."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+        for _ in range(steps):
+            scheduler.step()
 
 
 def add_runtime_flags(group, separator="-"):
@@ -79,6 +109,16 @@ def init_distributed(cpu=False):
     if not dist.is_initialized():
         dist.init_process_group("nccl" if use_nccl else "gloo")
     return Distributed(rank, world_size, local_rank)
+
+
+@contextlib.contextmanager
+def distributed_session(cpu=False):
+    """:func:`init_distributed`, then :func:`close_distributed` however the block ends."""
+    distributed = init_distributed(cpu)
+    try:
+        yield distributed
+    finally:
+        close_distributed()
 
 
 def close_distributed():

@@ -9,13 +9,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
-from common.checkpoint import CheckpointError
-from common.data import DatasetError
-from common.layers.resnet import PretrainedWeightsError
-from common.runtime import add_runtime_flags
-from iaunet.trainer import ARCHS, DATASET_NAMES, OptionError, run
+from common.runtime import add_runtime_flags, exit_on_user_error
+from iaunet.trainer import ARCHS, DATASET_NAMES, run
 
 
 def build_parser():
@@ -68,10 +64,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if "LOCAL_RANK" not in os.environ:
         os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu_devices
-    try:
+    with exit_on_user_error("iaunet/main.py"):
         run(args)
-    except (OptionError, DatasetError, CheckpointError, PretrainedWeightsError) as err:
-        sys.exit(f"iaunet/main.py: error: {err}")
 
 
 if __name__ == "__main__":

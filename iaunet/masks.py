@@ -26,7 +26,7 @@ from common.data.transforms import IMAGENET_MEAN, IMAGENET_STD, RandomErasing
 from torchvision.transforms import functional as TF
 
 __all__ = ["LIP_CLASSES", "LIP_PART_OF", "MaskedImageDataset", "find_mask_folder",
-           "label_map_to_parts", "mask_path"]
+           "label_map_to_parts", "mask_folder", "mask_path"]
 
 LIP_CLASSES = ("background", "hat", "hair", "glove", "sunglasses", "upper-clothes", "dress",
                "coat", "socks", "pants", "jumpsuits", "scarf", "skirt", "face", "left-arm",
@@ -59,16 +59,21 @@ def label_map_to_parts(labels):
     return np.stack([(parts == p) for p in range(4)]).astype(np.uint8) * 255
 
 
-def find_mask_folder(image_folder):
-    """``<image_folder>_seg`` if it exists, else None."""
+def mask_folder(image_folder):
+    """``<image_folder>_seg``, where the label maps of ``image_folder``'s images live."""
     folder = Path(image_folder)
-    candidate = folder.with_name(folder.name + "_seg")
-    return candidate if candidate.is_dir() else None
+    return folder.with_name(folder.name + "_seg")
+
+
+def find_mask_folder(image_folder):
+    """:func:`mask_folder` if it exists, else None."""
+    folder = mask_folder(image_folder)
+    return folder if folder.is_dir() else None
 
 
 def mask_path(image_path):
     image_path = Path(image_path)
-    return image_path.parent.with_name(image_path.parent.name + "_seg") / (image_path.stem + ".png")
+    return mask_folder(image_path.parent) / (image_path.stem + ".png")
 
 
 class MaskedImageDataset(torch.utils.data.Dataset):

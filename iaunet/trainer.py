@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import warnings
 from pathlib import Path
 
 import torch
@@ -37,8 +36,9 @@ from common.eval import compute_distance_matrix, evaluate_rank, extract_features
 from common.eval.report import results_to_dict
 from common.files import atomic_write
 from common.history import LossMeter, TrainingHistory
-from common.runtime import (autocast, close_distributed, grad_scaler, init_distributed,
-                            optimizer_step, seed_everything, select_device, setup_logging)
+from common.runtime import (autocast, distributed_session, grad_scaler, optimizer_step,
+                            OptionError, seed_everything, select_device, setup_logging,
+                            step_scheduler)
 from iaunet.loss import DISTANCES, IAUnetLoss
 from iaunet.masks import MaskedImageDataset, find_mask_folder
 from iaunet.model import build_model
@@ -53,10 +53,6 @@ ARCHS = {"IAUnet": "iaunet", "IANet": "ianet"}
 # -d: the original's one dataset (Market-1501 with part masks), or any common/ parser.
 DATASET_NAMES = {"market1501_seg": "market1501", "market1501": "market1501",
                  "dukemtmcreid": "dukemtmcreid", "msmt17": "msmt17", "cuhk03np": "cuhk03np"}
-
-
-class OptionError(ValueError):
-    """A command-line value that cannot run; the message names the flag and the fix."""
 
 
 def build_optimizer(args, model):
@@ -114,9 +110,7 @@ class Trainer:
 
     def train_epoch(self):
         args = self.args
-        with warnings.catch_warnings():  # stepped before training: the released convention
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
-            self.scheduler.step()
+        step_scheduler(self.scheduler)  # stepped before training: the released convention
         self.train_loader.batch_sampler.set_epoch(self.epoch)
         self.model.train()
         meter = LossMeter()
@@ -218,11 +212,8 @@ def check_options(args):
 
 def run(args):
     check_options(args)
-    distributed = init_distributed(cpu=args.use_cpu)
-    try:
+    with distributed_session(cpu=args.use_cpu) as distributed:
         _run(args, distributed)
-    finally:
-        close_distributed()
 
 
 def _run(args, distributed):
@@ -276,10 +267,7 @@ def _run(args, distributed):
         trainer.resume(resume)
     elif weights is not None:  # a checkpoint_ep file: weights and epoch; the schedule follows
         finished = int(checkpoint.get("epoch", -1)) + 1
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
-            for _ in range(finished):
-                scheduler.step()
+        step_scheduler(scheduler, finished)
         trainer.epoch = finished
         log.warning(f"--resume {resume}: weights only, continuing after epoch {finished}; the "
                     f"optimizer starts afresh (resume from {TRAINING_STATE} for an exact "

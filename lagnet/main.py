@@ -10,13 +10,9 @@ README command of the original (run from the repository root or anywhere, once i
 from __future__ import annotations
 
 import argparse
-import sys
 
-from common.checkpoint import CheckpointError
-from common.data import DatasetError
-from common.layers.resnet import PretrainedWeightsError
-from common.runtime import add_runtime_flags
-from lagnet.trainer import DATASET_NAMES, OptionError, run
+from common.runtime import add_runtime_flags, exit_on_user_error
+from lagnet.trainer import DATASET_NAMES, run
 
 
 def build_parser():
@@ -105,10 +101,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    try:
+    with exit_on_user_error("lagnet/main.py"):
         run(args)
-    except (OptionError, DatasetError, CheckpointError, PretrainedWeightsError) as err:
-        sys.exit(f"lagnet/main.py: error: {err}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ import json
 import logging
 import shutil
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -29,8 +28,9 @@ from common.eval import compute_distance_matrix, evaluate_rank, extract_features
 from common.eval.report import results_to_dict
 from common.files import atomic_write
 from common.history import LossMeter, TrainingHistory
-from common.runtime import (autocast, close_distributed, grad_scaler, init_distributed,
-                            optimizer_step, seed_everything, select_device, setup_logging)
+from common.runtime import (autocast, distributed_session, grad_scaler, optimizer_step,
+                            OptionError, seed_everything, select_device, setup_logging,
+                            step_scheduler)
 from lagnet.loss import LAGLoss, parse_loss_string
 from lagnet.model import build_model, load_weights, read_weights
 from lagnet.sampler import IdentityGroupSampler
@@ -54,10 +54,6 @@ DATASET_NAMES = {
     "cuhk03np-labeled": ("cuhk03np", {"variant": "labeled"}),
     "msmt17": ("msmt17", {}),
 }
-
-
-class OptionError(ValueError):
-    """A command-line value that cannot run; the message names the flag and the fix."""
 
 
 def parse_decay_type(decay_type, lr_decay):
@@ -203,10 +199,7 @@ class Trainer:
     def train_epoch(self):
         """Trains one epoch; returns the mean of each weighted loss term and ``Total``."""
         self.epoch += 1
-        with warnings.catch_warnings():
-            # Stepping before the first optimizer.step() is the original's schedule (spec §5).
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
-            self.scheduler.step()
+        step_scheduler(self.scheduler)  # before the epoch: the original's schedule (spec §5)
         self.train_loader.batch_sampler.set_epoch(self.epoch)
         self.model.train()
         self.criterion.train()
@@ -340,11 +333,8 @@ def check_options(args):
 def run(args):
     """Runs ``main.py``'s job: train (and evaluate), or only evaluate with ``--test_only``."""
     check_options(args)
-    distributed = init_distributed(cpu=args.cpu)
-    try:
+    with distributed_session(cpu=args.cpu) as distributed:
         _run(args, distributed)
-    finally:
-        close_distributed()
 
 
 def _run(args, distributed):

@@ -27,8 +27,6 @@ import json
 import logging
 import math
 import os
-import sys
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -40,7 +38,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from common.checkpoint import CheckpointError, load_checkpoint, resume_from, save_checkpoint, unwrap_model
-from common.data import DatasetError, ImageDataset, RandomIdentitySampler, Sample, build_dataset
+from common.data import ImageDataset, RandomIdentitySampler, Sample, build_dataset
 from common.data.datasets import NUM_RANDOM_SPLITS
 from common.data.transforms import CIFAR_MEAN, build_test_transform, build_train_transform
 from common.eval import (compute_distance_matrix, evaluate_rank, extract_features, format_results,
@@ -48,9 +46,9 @@ from common.eval import (compute_distance_matrix, evaluate_rank, extract_feature
 from common.eval.report import results_to_dict
 from common.files import atomic_write
 from common.history import LossMeter, TrainingHistory
-from common.layers.resnet import PretrainedWeightsError
-from common.runtime import (autocast, close_distributed, grad_scaler, init_distributed,
-                            optimizer_step, seed_everything, select_device, setup_logging)
+from common.runtime import (autocast, distributed_session, exit_on_user_error, grad_scaler,
+                            optimizer_step, OptionError, seed_everything, select_device,
+                            setup_logging, step_scheduler)
 from common.torchreid2018.args import data_augment_steps, model_options
 from common.torchreid2018.loss import ABDLoss
 from common.torchreid2018.released import load_released_checkpoint, read_released_checkpoint
@@ -67,10 +65,6 @@ OPEN_LAYER_KEYWORDS = ("classifier", "fc", "reduction", "cam_module", "pam_modul
 # -s / -t keys of the original that common/ reads; the others (viper, grid, ilids, ...) are refused.
 SUPPORTED_DATASETS = ("market1501", "dukemtmcreid", "msmt17", "cuhk03", "cuhk01", "prid450s")
 SPLIT_DATASETS = ("cuhk01", "prid450s")  # --split-id selects one of NUM_RANDOM_SPLITS
-
-
-class OptionError(ValueError):
-    """A command-line value that cannot run; the message names the flag and the fix."""
 
 
 @dataclass(frozen=True)
@@ -376,24 +370,19 @@ def run_command_line(args, method, program):
     instead), runs, and turns a user error into a one-line message and exit status 1."""
     if not args.use_avai_gpus and "LOCAL_RANK" not in os.environ:
         os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu_devices
-    try:
+    with exit_on_user_error(program):
         run(args, method)
-    except (OptionError, DatasetError, CheckpointError, PretrainedWeightsError) as err:
-        sys.exit(f"{program}: error: {err}")
 
 
 def run(args, method):
     """Runs ``main.py``'s job for ``method``: train (and evaluate), or only evaluate with
     ``--evaluate``; with ``--all-splits``, once per split."""
     check_options(args)
-    distributed = init_distributed(cpu=args.use_cpu)
-    try:
+    with distributed_session(cpu=args.use_cpu) as distributed:
         if args.all_splits:
             _run_all_splits(args, method, distributed)
         else:
             _run(args, method, distributed)
-    finally:
-        close_distributed()
 
 
 def _run_all_splits(args, method, distributed):
@@ -513,15 +502,8 @@ def _optimizer_and_schedule(args, model):
     optimizer = build_optimizer(args, model)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=args.stepsize,
                                                      gamma=args.gamma)
-    _step_schedule(scheduler, args.start_epoch)  # --start-epoch: the schedule starts there
+    step_scheduler(scheduler, args.start_epoch)  # --start-epoch: the schedule starts there
     return optimizer, scheduler
-
-
-def _step_schedule(scheduler, steps):
-    with warnings.catch_warnings():  # stepping before any optimizer.step() is intended here
-        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
-        for _ in range(steps):
-            scheduler.step()
 
 
 def _load_weights(model, released, num_classes):
@@ -546,7 +528,7 @@ def _continue_from_weights(trainer, released):
     trainer.fixbase_done = trainer.args.fixbase_epoch
     steps = released.epoch + 1 - trainer.epoch
     trainer.epoch += steps
-    _step_schedule(trainer.scheduler, steps)
+    step_scheduler(trainer.scheduler, steps)
     log.warning(f"--resume {released.path}: weights only, continuing after main epoch "
                 f"{trainer.epoch}; the file holds no optimizer state, so {trainer.args.optim} "
                 f"starts afresh. For an exact continuation resume from {TRAINING_STATE}")
