@@ -1,5 +1,6 @@
-"""The five methods as ``bench/`` sees them: native input size, a fresh network, and the loading
-of a checkpoint written by each method's ``main.py`` (or the original code), strictly.
+"""The five methods as ``bench/`` sees them: native input size, the way each method's own
+evaluation turns images into retrieval features, a fresh network, and the loading of a
+checkpoint written by each method's ``main.py`` (or the original code), strictly.
 
 A file of another method, or not a checkpoint at all, is a :class:`BenchModelError` that names
 the method, the file and what did not match.
@@ -13,7 +14,7 @@ from typing import Callable
 
 from common.checkpoint import CheckpointError, load_checkpoint, load_state_dict_checked
 
-__all__ = ["BENCH_METHODS", "BenchMethod", "BenchModelError", "load_method_model"]
+__all__ = ["BENCH_METHODS", "BenchMethod", "BenchModelError", "Retrieval", "load_method_model"]
 
 
 class BenchModelError(ValueError):
@@ -21,9 +22,21 @@ class BenchModelError(ValueError):
 
 
 @dataclass(frozen=True)
+class Retrieval:
+    """How a method's evaluation (its trainer's ``test``, with its README flags) makes and
+    compares features: the test-time resize, flip averaging, L2 normalisation, the distance."""
+
+    interpolation: str  # of the resize to the input size: "bilinear" or "bicubic"
+    flip: bool  # average the features of the image and of its mirror
+    normalize: bool  # L2-normalise the (averaged) feature
+    distance: str  # common.eval.compute_distance_matrix metric
+
+
+@dataclass(frozen=True)
 class BenchMethod:
     name: str
     input_size: tuple  # (height, width) of the README configuration
+    retrieval: Retrieval
     fresh: Callable  # () -> the network with fresh weights (751 classes, no ImageNet file)
     load: Callable  # (path) -> the network with the checkpoint's weights
 
@@ -110,12 +123,19 @@ def _apnet_load(path):
     return model
 
 
+# lagnet/trainer.py and apnet/trainer.py test with flip + L2 + Euclidean; the ABD/IAB trainer
+# (common/torchreid2018) with --flip-eval (README) and squared Euclidean; iaunet/trainer.py with
+# --flip_cnt 1 and the released default --distance consine.
+_TORCHREID2018 = Retrieval("bilinear", flip=True, normalize=False, distance="sqeuclidean")
 BENCH_METHODS = {
-    "lagnet": BenchMethod("lagnet", (384, 128), _lagnet_fresh, _lagnet_load),
-    "abdnet": BenchMethod("abdnet", (384, 128), _abdnet_fresh, _abdnet_load),
-    "iabnet": BenchMethod("iabnet", (384, 128), _iabnet_fresh, _iabnet_load),
-    "iaunet": BenchMethod("iaunet", (256, 128), _iaunet_fresh, _iaunet_load),
-    "apnet": BenchMethod("apnet", (384, 192), _apnet_fresh, _apnet_load),
+    "lagnet": BenchMethod("lagnet", (384, 128), Retrieval("bicubic", True, True, "euclidean"),
+                          _lagnet_fresh, _lagnet_load),
+    "abdnet": BenchMethod("abdnet", (384, 128), _TORCHREID2018, _abdnet_fresh, _abdnet_load),
+    "iabnet": BenchMethod("iabnet", (384, 128), _TORCHREID2018, _iabnet_fresh, _iabnet_load),
+    "iaunet": BenchMethod("iaunet", (256, 128), Retrieval("bicubic", False, False, "cosine"),
+                          _iaunet_fresh, _iaunet_load),
+    "apnet": BenchMethod("apnet", (384, 192), Retrieval("bilinear", True, True, "euclidean"),
+                         _apnet_fresh, _apnet_load),
 }
 
 

@@ -127,10 +127,15 @@ def load_checkpoint(path, map_location="cpu"):
                               f"truncated or of another format") from None
 
 
-def resume_from(path, model, optimizer=None, scheduler=None, scaler=None, map_location="cpu"):
+def resume_from(path, model, optimizer=None, scheduler=None, scaler=None, map_location="cpu",
+                loaded=None):
     """Restores model, optimizer, scheduler, scaler and RNG states from a checkpoint written by
-    :func:`save_checkpoint`; returns the checkpoint dict (``["epoch"]`` = epochs finished)."""
-    checkpoint = load_checkpoint(path, map_location)
+    :func:`save_checkpoint`; returns the checkpoint dict (``["epoch"]`` = epochs finished).
+
+    ``loaded`` is what :func:`load_checkpoint` already returned for ``path``, so a caller that had
+    to look inside the file first does not read it (up to a GB) twice.
+    """
+    checkpoint = load_checkpoint(path, map_location) if loaded is None else loaded
     if not isinstance(checkpoint, dict) or "model" not in checkpoint or "epoch" not in checkpoint:
         raise CheckpointError(f"{path} is not a resumable checkpoint (it lacks 'model' and "
                               f"'epoch'); load it as weights instead")

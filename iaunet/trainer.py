@@ -167,9 +167,9 @@ class Trainer:
                         best_rank1=self.best_rank1, history=self.history.state_dict())
         self.history.write(self.save_dir)
 
-    def resume(self, path):
+    def resume(self, path, loaded=None):
         checkpoint = resume_from(path, unwrap_model(self.model), self.optimizer, self.scheduler,
-                                 self.scaler, map_location=self.device)
+                                 self.scaler, map_location=self.device, loaded=loaded)
         self.epoch, self.best_rank1 = checkpoint["epoch"], checkpoint["best_rank1"]
         self.history.load_state_dict(checkpoint["history"])
         log.info(f"resumed {path} after epoch {self.epoch}")
@@ -264,7 +264,7 @@ def _run(args, distributed):
             print(format_results(results), flush=True)
         return
     if exact_resume:
-        trainer.resume(resume)
+        trainer.resume(resume, loaded=checkpoint)
     elif weights is not None:  # a checkpoint_ep file: weights and epoch; the schedule follows
         finished = int(checkpoint.get("epoch", -1)) + 1
         step_scheduler(scheduler, finished)

@@ -16,7 +16,9 @@ def extract_features(model, loader, device="cpu", flip=False, normalize=False, a
     """Runs ``model`` in eval mode over ``loader`` and returns ``(features, pids, camids)``.
 
     Args:
-        model: maps a (B, 3, H, W) batch to (B, D) features in eval mode.
+        model: maps a (B, 3, H, W) batch to (B, D) features: an ``nn.Module`` (put in eval
+            mode for the call, then restored) or any callable, such as a loaded TorchScript or
+            ``torch.export`` file, used as it is.
         loader: yields ``(images, pids, camids)`` batches (``common.data.ImageDataset``).
         flip: average the features of each image and of its horizontal mirror.
         normalize: L2-normalise each (flip-averaged) feature.
@@ -35,8 +37,10 @@ def extract_features(model, loader, device="cpu", flip=False, normalize=False, a
 
 
 def _extract(model, loader, device, flip, normalize, amp, progress, desc):
-    was_training = model.training
-    model.eval()
+    switch_mode = isinstance(model, torch.nn.Module)
+    if switch_mode:
+        was_training = model.training
+        model.eval()
     device = torch.device(device)
     use_amp = amp and device.type == "cuda"
     features, pids, camids = [], [], []
@@ -52,7 +56,8 @@ def _extract(model, loader, device, flip, normalize, amp, progress, desc):
         features.append(out.cpu())
         pids.append(np.asarray(batch_pids))
         camids.append(np.asarray(batch_camids))
-    model.train(was_training)
+    if switch_mode:
+        model.train(was_training)
     if not features:
         return torch.zeros(0, 0), np.zeros(0, np.int64), np.zeros(0, np.int64)
     return (torch.cat(features), np.concatenate(pids).astype(np.int64),

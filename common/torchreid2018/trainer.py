@@ -259,10 +259,11 @@ class Trainer:
                         history=self.history.state_dict())
         self.history.write(self.save_dir)
 
-    def resume(self, path):
-        """Continues the run whose ``training_state.pth.tar`` is ``path`` exactly."""
+    def resume(self, path, loaded=None):
+        """Continues the run whose ``training_state.pth.tar`` is ``path`` exactly (``loaded``:
+        the file's contents when already read)."""
         checkpoint = resume_from(path, unwrap_model(self.model), self.optimizer, self.scheduler,
-                                 self.scaler, map_location=self.device)
+                                 self.scaler, map_location=self.device, loaded=loaded)
         self.epoch, self.fixbase_done = checkpoint["epoch"], checkpoint["fixbase_done"]
         self.best_rank1 = checkpoint["best_rank1"]
         self.history.load_state_dict(checkpoint["history"])
@@ -440,8 +441,10 @@ def _run(args, method, distributed):
     if not args.evaluate and resume is None and state_path.exists():
         raise OptionError(f"{save_dir} already holds a run ({TRAINING_STATE}); continue it with "
                           f"--resume {state_path}, or pick another --save-dir")
-    resumable = (resume is not None and not args.evaluate
-                 and "optimizer" in load_checkpoint(resume))
+    resume_state = load_checkpoint(resume) if resume is not None and not args.evaluate else None
+    resumable = resume_state is not None and "optimizer" in resume_state
+    if not resumable:
+        resume_state = None  # a weights-only file is read below as a released checkpoint
     weights = args.load_weights or ("" if resumable else args.resume)
     released = read_released_checkpoint(weights, method.rename_keys) if weights else None
 
@@ -478,7 +481,7 @@ def _run(args, method, distributed):
             _evaluate_only(trainer, released)
         return
     if resumable:
-        trainer.resume(resume)
+        trainer.resume(resume, loaded=resume_state)
     elif resume is not None:
         _continue_from_weights(trainer, released)
 

@@ -51,6 +51,20 @@ def test_interrupted_run_resumes_exactly(tmp_path):
     assert resumed[2].get_last_lr() == straight[2].get_last_lr()
 
 
+def test_resume_from_already_read_contents_does_not_read_the_file_again(tmp_path, monkeypatch):
+    model, optimizer, scheduler = make_run()
+    train_epoch(model, optimizer, scheduler)
+    path = save_checkpoint(tmp_path / "last.pt", model=model, optimizer=optimizer,
+                           scheduler=scheduler, epoch=1)
+    loaded = load_checkpoint(path)
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("the file was read twice"))
+    resumed = make_run()
+    assert resume_from(path, *resumed, loaded=loaded)["epoch"] == 1
+    for a, b in zip(model.parameters(), resumed[0].parameters()):
+        assert torch.equal(a, b)
+    assert resumed[2].get_last_lr() == scheduler.get_last_lr()
+
+
 def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
     model = nn.Linear(2, 2)
     path = save_checkpoint(tmp_path / "ckpt.pt", model=model, epoch=1)

@@ -1,0 +1,163 @@
+"""Re-ID features of a folder of person crops, made as the method's own evaluation makes them.
+
+    python -m bench.extract IMAGES --exported DIR --out features.npz
+    python -m bench.extract IMAGES --method METHOD [--checkpoint PATH] --out features.npz
+
+``IMAGES`` is a folder (searched recursively) or one image file; no identities or cameras are
+needed. The network is a folder written by ``python -m bench.export`` (its ``model.pt2`` and
+``deploy.json``), or a method's network in PyTorch with a checkpoint from its ``main.py``. Each
+image is resized to the method's input size with its interpolation, normalised with the ImageNet
+statistics, and its feature is flip-averaged and L2-normalised exactly when the method's
+evaluation does so (``bench.models.Retrieval``; ``--flip``/``--no-flip`` overrides).
+
+``features.npz`` holds ``features`` (N x D float32), ``paths`` (the images, in the order of the
+rows), ``method`` and ``distance`` (the metric the method ranks with). To compare the first crop
+with all the others (smaller = more alike)::
+
+    data = np.load("features.npz")
+    dist = common.eval.compute_distance_matrix(data["features"][:1], data["features"][1:],
+                                               metric=str(data["distance"]))
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from bench.export import DEPLOY_FILE
+from bench.models import BENCH_METHODS, BenchModelError, load_method_model
+from common.data.dataset import IMAGE_EXTENSIONS, DatasetError, Sample, list_images
+from common.data.images import ImageDataset
+from common.data.transforms import build_test_transform
+from common.eval import extract_features
+from common.files import atomic_write
+
+__all__ = ["ExtractError", "Extractor", "extract_folder", "load_exported", "load_eager"]
+
+
+class ExtractError(ValueError):
+    """Inputs that cannot be extracted; the message names the problem and the fix."""
+
+
+@dataclass
+class Extractor:
+    """A network (images -> features) with its input size and its method's retrieval
+    convention (``bench.models.Retrieval``)."""
+
+    network: Callable
+    method: str
+    height: int
+    width: int
+    interpolation: str
+    flip: bool
+    normalize: bool
+    distance: str
+
+
+def load_exported(folder, device="cpu"):
+    """The ``model.pt2`` of a ``bench.export`` folder with the settings of its ``deploy.json``."""
+    folder = Path(folder)
+    deploy_path, program_path = folder / DEPLOY_FILE, folder / "model.pt2"
+    if not deploy_path.is_file() or not program_path.is_file():
+        raise ExtractError(f"{folder} is not a folder written by bench.export (it needs "
+                           f"{DEPLOY_FILE} and model.pt2); run python -m bench.export METHOD "
+                           f"--checkpoint PATH --out {folder}")
+    deploy = json.loads(deploy_path.read_text())
+    if torch.device(deploy["device"]).type != torch.device(device).type:
+        raise ExtractError(f"{program_path} was exported on {deploy['device']}, not {device}: "
+                           f"pass --device {deploy['device']}, or export again on {device}")
+    module = torch.export.load(program_path).module()
+    retrieval, image = deploy["retrieval"], deploy["input"]
+    return Extractor(lambda images: module(images), deploy["method"], image["height"],
+                     image["width"], image["resize_interpolation"], retrieval["flip_average"],
+                     retrieval["l2_normalize"], retrieval["distance"])
+
+
+def load_eager(method, checkpoint=None, size=None, device="cpu"):
+    """Method ``method``'s network in PyTorch (fresh weights or ``checkpoint``'s)."""
+    spec = BENCH_METHODS[method]
+    height, width = size or spec.input_size
+    network = load_method_model(method, checkpoint).to(device)
+    retrieval = spec.retrieval
+    return Extractor(network, method, height, width, retrieval.interpolation, retrieval.flip,
+                     retrieval.normalize, retrieval.distance)
+
+
+def image_paths(source):
+    """The images to extract: ``source`` itself, or every image below the folder ``source``."""
+    source = Path(source)
+    if source.is_file():
+        return [source]
+    if not source.is_dir():
+        raise ExtractError(f"{source} does not exist; pass a folder of crops or an image file")
+    paths = list_images(source, recursive=True)
+    if not paths:
+        raise ExtractError(f"{source} holds no image (looked for {', '.join(IMAGE_EXTENSIONS)} "
+                           f"files, recursively)")
+    return paths
+
+
+def extract_folder(extractor, source, batch_size=32, device="cpu", workers=0, progress=True):
+    """``(features, paths)``: one float32 row per image under ``source``."""
+    paths = image_paths(source)
+    dataset = ImageDataset([Sample(str(p), -1, -1) for p in paths],
+                           build_test_transform(extractor.height, extractor.width,
+                                                extractor.interpolation))
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    features, _, _ = extract_features(extractor.network, loader, device=device,
+                                      flip=extractor.flip, normalize=extractor.normalize,
+                                      progress=progress, desc="images")
+    return features.numpy().astype(np.float32), [str(p) for p in paths]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m bench.extract",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("images", help="a folder of crops (recursive) or one image")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--exported", type=Path, help="a folder written by bench.export")
+    source.add_argument("--method", choices=list(BENCH_METHODS), help="the network in PyTorch")
+    parser.add_argument("--checkpoint", default=None,
+                        help="with --method: weights written by its main.py (default: fresh)")
+    parser.add_argument("--size", nargs=2, type=int, default=None, metavar=("H", "W"),
+                        help="with --method: input size (default: the method's README size)")
+    parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                        help="flip-average the features (default: as the method evaluates)")
+    parser.add_argument("--out", type=Path, required=True, help="the .npz file to write")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=2, help="image-loading processes")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    if args.exported and (args.checkpoint or args.size):
+        parser.error("--checkpoint and --size go with --method; an --exported folder has its own")
+    try:
+        extractor = (load_exported(args.exported, args.device) if args.exported else
+                     load_eager(args.method, args.checkpoint, args.size, args.device))
+        if args.flip is not None:
+            extractor.flip = args.flip
+        start = time.perf_counter()
+        features, paths = extract_folder(extractor, args.images, args.batch_size, args.device,
+                                         args.workers)
+    except (BenchModelError, DatasetError, ExtractError) as err:
+        sys.exit(f"bench.extract: error: {err}")
+    seconds = time.perf_counter() - start
+    with atomic_write(args.out) as handle:
+        np.savez(handle, features=features, paths=np.array(paths), method=extractor.method,
+                 distance=extractor.distance)
+    print(f"{args.out}: {features.shape[0]} images x {features.shape[1]}-d {extractor.method} "
+          f"features (flip {'on' if extractor.flip else 'off'}, L2 "
+          f"{'on' if extractor.normalize else 'off'}; rank with the {extractor.distance} "
+          f"distance), {features.shape[0] / seconds:.1f} images/s on {args.device}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""bench/export.py and bench/extract.py: the written files reproduce eager, and the features of a
+folder of crops give exactly the result of the method's own evaluation."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from bench.export import ExportError, export_method
+from bench.export import main as export_main
+from bench.extract import extract_folder, load_eager, load_exported
+from bench.extract import main as extract_main
+from bench.models import load_method_model
+from common.data.synthetic import SyntheticConfig, generate
+from common.eval import compute_distance_matrix, evaluate_rank
+from lagnet.main import main as lagnet_main
+
+SIZE = (64, 32)
+
+
+def ids_of(paths):
+    """Identities and 0-based cameras from Market-style file names."""
+    found = [re.match(r"(-?\d+)_c(\d+)", path.rsplit("/", 1)[-1]) for path in paths]
+    return (np.array([int(m.group(1)) for m in found]),
+            np.array([int(m.group(2)) - 1 for m in found]))
+
+
+@pytest.fixture(scope="module")
+def lagnet_export(tmp_path_factory):
+    """A LAG-Net weights file in main.py's format, and its bench.export folder."""
+    folder = tmp_path_factory.mktemp("lagnet")
+    torch.manual_seed(0)
+    weights = folder / "model_best.pt"
+    torch.save(load_method_model("lagnet").state_dict(), weights)
+    record = export_method("lagnet", folder / "deploy", checkpoint=weights, size=SIZE)
+    return weights, folder / "deploy", record
+
+
+def test_export_writes_files_that_match_eager_and_says_how_to_use_them(lagnet_export):
+    weights, deploy, record = lagnet_export
+    assert sorted(p.name for p in deploy.iterdir()) == ["deploy.json", "model.pt2",
+                                                        "model_trace.pt"]
+    assert json.loads((deploy / "deploy.json").read_text()) == record
+    assert record["input"]["height"] == 64 and record["input"]["resize_interpolation"] == "bicubic"
+    assert record["retrieval"] == {"flip_average": True, "l2_normalize": True,
+                                   "distance": "euclidean"}
+    images = torch.randn(3, 3, *SIZE)
+    with torch.no_grad():
+        eager = load_method_model("lagnet", weights)(images)
+        program = torch.export.load(deploy / "model.pt2").module()(images)
+        traced = torch.jit.load(deploy / "model_trace.pt")(images)
+    assert eager.shape[1] == record["feature_dim"]
+    torch.testing.assert_close(program, eager, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(traced, eager, rtol=1e-4, atol=1e-5)
+
+
+def test_extracted_features_reproduce_the_methods_own_evaluation(lagnet_export, tmp_path,
+                                                                 monkeypatch, capsys):
+    weights, deploy, _ = lagnet_export
+    data = generate(tmp_path / "synthetic", SyntheticConfig(num_ids=16, images_per_id=4,
+                                                           num_distractors=2, num_junk=2, seed=3))
+    monkeypatch.chdir(tmp_path)
+    lagnet_main(["--datadir", str(data), "--height", "64", "--width", "32", "--cpu",
+                 "--nThread", "0", "--batchtest", "32", "--test_only", "--pre_train",
+                 str(weights), "--save", "check"])
+    expected = json.loads((tmp_path / "experiment/check/results_test_only.json").read_text())
+
+    extract_main([str(data / "query"), "--exported", str(deploy), "--out", "query.npz",
+                  "--workers", "0", "--device", "cpu"])
+    assert "images x 3584-d lagnet features (flip on, L2 on" in capsys.readouterr().out
+    query = np.load(tmp_path / "query.npz")
+    gallery_features, gallery_paths = extract_folder(load_exported(deploy),
+                                                     data / "bounding_box_test", progress=False)
+    q_pids, q_cams = ids_of(query["paths"])
+    g_pids, g_cams = ids_of(gallery_paths)
+    keep = g_pids != -1  # the parser drops junk from the gallery
+    dist = compute_distance_matrix(query["features"], gallery_features[keep],
+                                   metric=str(query["distance"]))
+    result = evaluate_rank(dist, q_pids, g_pids[keep], q_cams, g_cams[keep])
+    assert result["mAP"] == pytest.approx(expected["metrics"]["mAP"], abs=1e-6)
+    assert result["cmc"][0] == pytest.approx(expected["metrics"]["rank1"], abs=1e-6)
+
+    eager_features, eager_paths = extract_folder(
+        load_eager("lagnet", weights, size=SIZE), data / "query", progress=False)
+    assert eager_paths == list(query["paths"])
+    np.testing.assert_allclose(eager_features, query["features"], rtol=1e-4, atol=1e-5)
+
+
+def test_an_export_that_changes_the_features_writes_nothing(tmp_path, monkeypatch):
+    from bench import compile_speed
+
+    def noisy(model, example, device, tmp):
+        return lambda x: model(x) + 0.1 * torch.randn_like(model(x))
+
+    monkeypatch.setitem(compile_speed.BACKENDS, "torchscript trace", (noisy, torch.float32))
+    with pytest.raises(ExportError, match="model_trace.pt .* does not reproduce"):
+        export_method("apnet", tmp_path / "out", size=SIZE)
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_bad_inputs_are_named(tmp_path, capsys):
+    with pytest.raises(SystemExit, match="does not exist"):
+        export_main(["iaunet", "--checkpoint", str(tmp_path / "missing.pt"), "--out",
+                     str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="not a folder written by bench.export"):
+        extract_main([str(tmp_path), "--exported", str(tmp_path), "--out", "f.npz"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="holds no image"):
+        extract_main([str(tmp_path / "empty"), "--method", "iaunet", "--out", "f.npz",
+                      "--size", "64", "32"])
+    with pytest.raises(SystemExit):
+        extract_main([str(tmp_path), "--exported", str(tmp_path), "--checkpoint", "x.pt",
+                      "--out", "f.npz"])
+    assert "--checkpoint and --size go with --method" in capsys.readouterr().err
