@@ -145,29 +145,38 @@ def load_dataset(cfg):
     return dataset
 
 
-def build_loaders(cfg, dataset, distributed, pin_memory):
+def build_loaders(cfg, dataset, distributed, pin_memory, test_only=False):
+    """The train loader (None for ``--test``), and the query and gallery loaders."""
+    options = {"num_workers": cfg.DATALOADER.NUM_WORKERS, "pin_memory": pin_memory}
+    test_transform = build_test_transform(*cfg.INPUT.SIZE_TEST)
+    query_loader, gallery_loader = (
+        DataLoader(ImageDataset(samples, test_transform), batch_size=cfg.TEST.IMS_PER_BATCH,
+                   **options) for samples in (dataset.query, dataset.gallery))
+    if test_only:
+        return None, query_loader, gallery_loader
     height, width = cfg.INPUT.SIZE_TRAIN
     transform = build_train_transform(height, width, flip=cfg.INPUT.PROB,
                                       pad=cfg.INPUT.PADDING, erasing=cfg.INPUT.PROB,
                                       erasing_mean=IMAGENET_MEAN)
     pids = [s.pid for s in dataset.train]
     if cfg.DATALOADER.SAMPLER == "softmax_triplet":
-        sampler = RandomIdentitySampler(pids, cfg.SOLVER.IMS_PER_BATCH,
-                                        cfg.DATALOADER.NUM_INSTANCE, seed=cfg.SOLVER.SEED,
-                                        num_replicas=distributed.world_size, rank=distributed.rank)
+        try:
+            sampler = RandomIdentitySampler(pids, cfg.SOLVER.IMS_PER_BATCH,
+                                            cfg.DATALOADER.NUM_INSTANCE, seed=cfg.SOLVER.SEED,
+                                            num_replicas=distributed.world_size,
+                                            rank=distributed.rank)
+        except ValueError as err:
+            raise OptionError(f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} with "
+                              f"DATALOADER.NUM_INSTANCE {cfg.DATALOADER.NUM_INSTANCE}: "
+                              f"{err}") from None
     else:
         sampler = DistributedSampler(dataset.train, num_replicas=distributed.world_size,
                                      rank=distributed.rank, seed=cfg.SOLVER.SEED)
-    options = {"num_workers": cfg.DATALOADER.NUM_WORKERS, "pin_memory": pin_memory}
     train_loader = DataLoader(ImageDataset(dataset.train, transform), sampler=sampler,
                               batch_size=cfg.SOLVER.IMS_PER_BATCH, drop_last=True, **options)
     if len(train_loader) == 0:
         raise OptionError(f"the training set ({len(pids)} images, {len(set(pids))} identities) "
                           f"gives no full batch of SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH}")
-    test_transform = build_test_transform(*cfg.INPUT.SIZE_TEST)
-    query_loader, gallery_loader = (
-        DataLoader(ImageDataset(samples, test_transform), batch_size=cfg.TEST.IMS_PER_BATCH,
-                   **options) for samples in (dataset.query, dataset.gallery))
     return train_loader, query_loader, gallery_loader
 
 
@@ -306,7 +315,8 @@ def _run(cfg, test_only, resume, distributed):
 
     dataset = load_dataset(cfg)
     log.info(dataset.summary())
-    loaders = build_loaders(cfg, dataset, distributed, pin_memory=device.type == "cuda")
+    loaders = build_loaders(cfg, dataset, distributed, pin_memory=device.type == "cuda",
+                            test_only=test_only)
     weights = None
     if test_only:
         weights = load_checkpoint(cfg.TEST.WEIGHT)

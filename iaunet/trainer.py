@@ -66,8 +66,14 @@ def build_optimizer(args, model):
 
 
 def build_loaders(args, dataset, distributed, pin_memory):
-    """The train loader (with masks when the ``_seg`` folder exists) and the test loaders."""
+    """The train loader (with masks when the ``_seg`` folder exists; None for ``--evaluate``)
+    and the query and gallery loaders."""
     options = {"num_workers": args.workers, "pin_memory": pin_memory}
+    transform = build_test_transform(args.height, args.width, interpolation="bicubic")
+    test_loaders = [DataLoader(ImageDataset(samples, transform), batch_size=args.test_batch,
+                               **options) for samples in (dataset.query, dataset.gallery)]
+    if args.evaluate:
+        return None, *test_loaders
     sampler = ChunkShuffleSampler([s.pid for s in dataset.train], args.train_batch,
                                   args.num_instances, seed=args.seed,
                                   num_replicas=distributed.world_size, rank=distributed.rank)
@@ -87,9 +93,6 @@ def build_loaders(args, dataset, distributed, pin_memory):
     if len(train_loader) == 0:
         raise OptionError(f"the training set ({len(dataset.train)} images) gives no full batch "
                           f"of --train-batch {args.train_batch}; lower it")
-    transform = build_test_transform(args.height, args.width, interpolation="bicubic")
-    test_loaders = [DataLoader(ImageDataset(samples, transform), batch_size=args.test_batch,
-                               **options) for samples in (dataset.query, dataset.gallery)]
     return train_loader, *test_loaders
 
 

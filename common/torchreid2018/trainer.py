@@ -144,9 +144,13 @@ def build_train_loader(args, samples, distributed, pin_memory):
                                       erasing=0.5 if erase else 0.0, erasing_mean=CIFAR_MEAN)
     pids = [s.pid for s in samples]
     if args.criterion == "htri":
-        sampler = RandomIdentitySampler(pids, args.train_batch_size, args.num_instances,
-                                        seed=args.seed, num_replicas=distributed.world_size,
-                                        rank=distributed.rank)
+        try:
+            sampler = RandomIdentitySampler(pids, args.train_batch_size, args.num_instances,
+                                            seed=args.seed, num_replicas=distributed.world_size,
+                                            rank=distributed.rank)
+        except ValueError as err:
+            raise OptionError(f"--train-batch-size {args.train_batch_size} with --num-instances "
+                              f"{args.num_instances}: {err}") from None
     else:
         sampler = DistributedSampler(samples, num_replicas=distributed.world_size,
                                      rank=distributed.rank, shuffle=True, seed=args.seed,

@@ -114,6 +114,8 @@ def test_user_errors_are_clear(market_mini, tmp_path):
     (tmp_path / "d" / "training_state.pth.tar").write_bytes(b"")
     message = exit_message([*base, "--save-dir", str(tmp_path / "d")])
     assert "already holds a run" in message and "--resume" in message
+    message = exit_message([*base, "--save-dir", str(tmp_path / "e"), "--train-batch-size", "800"])
+    assert "--train-batch-size 800 with --num-instances 4: a batch needs 200 identities" in message
 
 
 def test_evaluate_refuses_weights_of_another_architecture(market_mini, tmp_path):

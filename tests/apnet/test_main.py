@@ -75,6 +75,8 @@ def test_user_errors(market_mini, tmp_path):
         tiny(market_mini, tmp_path / "x", "DATASETS.NAMES", "viper"))
     assert "non-existent config key" in exit_message(tiny(market_mini, tmp_path / "y", "A.B", "1"))
     assert "APNET.LEVEL 5" in exit_message(tiny(market_mini, tmp_path / "z", "APNET.LEVEL", "5"))
+    message = exit_message(tiny(market_mini, tmp_path / "b", "SOLVER.IMS_PER_BATCH", "800"))
+    assert "SOLVER.IMS_PER_BATCH 800 with DATALOADER.NUM_INSTANCE 4: a batch needs 200" in message
     torch.save({"model": build_model(16, level=1, pretrained=False).state_dict()},
                tmp_path / "level1.pt")
     message = exit_message(["--test", *tiny(market_mini, tmp_path / "t", "TEST.WEIGHT",

@@ -3,6 +3,7 @@ folder of crops give exactly the result of the method's own evaluation."""
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -114,3 +115,80 @@ def test_bad_inputs_are_named(tmp_path, capsys):
         extract_main([str(tmp_path), "--exported", str(tmp_path), "--checkpoint", "x.pt",
                       "--out", "f.npz"])
     assert "--checkpoint and --size go with --method" in capsys.readouterr().err
+
+
+def _torchreid2018_evaluate(main, arch_flags):
+    def evaluate(data, weights, save_dir):
+        main(["-s", "market1501", "-t", "market1501", "--root", str(data), "--height", "64",
+              "--width", "32", "--test-batch-size", "32", "--use-cpu", "-j", "0",
+              "--flip-eval", *arch_flags, "--save-dir", str(save_dir), "--evaluate",
+              "--load-weights", str(weights)])
+        return json.loads((save_dir / "results_evaluate.json").read_text())["targets"]["market1501"]
+    return evaluate
+
+
+def _abdnet_evaluate(data, weights, save_dir):
+    from abdnet.main import main
+    flags = ["--abd-dan", "cam", "pam", "--abd-np", "2", "--shallow-cam"]  # the README's
+    return _torchreid2018_evaluate(main, flags)(data, weights, save_dir)
+
+
+def _iabnet_evaluate(data, weights, save_dir):
+    from iabnet.main import main
+    flags = ["--iab-dan", "cam", "pam", "--iab-np", "2", "--shallow-cam"]  # the guide's
+    return _torchreid2018_evaluate(main, flags)(data, weights, save_dir)
+
+
+def _iaunet_evaluate(data, weights, save_dir):
+    from iaunet.main import main
+    main(["--root", str(data), "--height", "64", "--width", "32", "--test-batch", "32",
+          "--use-cpu", "-j", "0", "--save-dir", str(save_dir), "--evaluate", "--resume",
+          str(weights)])
+    return json.loads((save_dir / "results_test.json").read_text())["results"]
+
+
+def _apnet_evaluate(data, weights, save_dir):
+    from apnet.main import main
+    config = str(Path(__file__).resolve().parents[2] / "apnet" / "configs" / "default.yml")
+    main(["--test", "--config_file", config, "DATASETS.ROOT_DIR", str(data), "INPUT.SIZE_TEST",
+          "[64, 32]", "MODEL.PRETRAINED", "False", "DATALOADER.NUM_WORKERS", "0",
+          "MODEL.DEVICE", "cpu", "TEST.WEIGHT", str(weights), "OUTPUT_DIR", str(save_dir)])
+    return json.loads((save_dir / "results_test.json").read_text())["results"]
+
+
+# How each main.py stores weights it can evaluate, and its evaluation command at 64x32.
+OTHER_METHODS = {
+    "abdnet": (lambda state: {"state_dict": state, "rank1": 0.0, "epoch": 0}, _abdnet_evaluate),
+    "iabnet": (lambda state: {"state_dict": state, "rank1": 0.0, "epoch": 0}, _iabnet_evaluate),
+    "iaunet": (lambda state: {"state_dict": state, "rank1": 0.0, "epoch": 0}, _iaunet_evaluate),
+    "apnet": (lambda state: {"model": state}, _apnet_evaluate),
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_market(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp("data") / "market1501",
+                    SyntheticConfig(num_ids=12, images_per_id=4, num_distractors=2, num_junk=2,
+                                    seed=5))
+
+
+@pytest.mark.parametrize("method", list(OTHER_METHODS))
+def test_each_methods_retrieval_convention_reproduces_its_evaluation(method, tiny_market,
+                                                                    tmp_path):
+    wrap, evaluate = OTHER_METHODS[method]
+    torch.manual_seed(0)
+    weights = tmp_path / "weights.pth"
+    torch.save(wrap(load_method_model(method).state_dict()), weights)
+    expected = evaluate(tiny_market, weights, tmp_path / "evaluated")
+
+    extractor = load_eager(method, weights, size=SIZE)
+    query, query_paths = extract_folder(extractor, tiny_market / "query", progress=False)
+    gallery, gallery_paths = extract_folder(extractor, tiny_market / "bounding_box_test",
+                                            progress=False)
+    q_pids, q_cams = ids_of(query_paths)
+    g_pids, g_cams = ids_of(gallery_paths)
+    keep = g_pids != -1
+    dist = compute_distance_matrix(query, gallery[keep], metric=extractor.distance)
+    result = evaluate_rank(dist, q_pids, g_pids[keep], q_cams, g_cams[keep])
+    assert result["mAP"] == pytest.approx(expected["mAP"], abs=1e-6)
+    assert result["cmc"][0] == pytest.approx(expected["rank1"], abs=1e-6)
