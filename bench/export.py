@@ -1,11 +1,14 @@
 """Write a trained network as files to deploy, each checked against PyTorch
 (``../shared/specs/deploy.md`` §5).
 
-    python -m bench.export METHOD [--checkpoint PATH] --out DIR [--size H W] [--device cuda]
+    python -m bench.export METHOD [--checkpoint PATH] --out DIR [--size H W]
+        [--model-option NAME=VALUE ...] [--device cuda]
 
 ``METHOD`` is one of lagnet, abdnet, iabnet, iaunet, apnet; ``--checkpoint`` a file written by the
 method's ``main.py`` (or a released one), loaded strictly; without it the weights are fresh and
-``deploy.json`` says so. ``DIR`` receives:
+``deploy.json`` says so. ``--model-option`` gives the method's ``build_model`` arguments of a run
+trained with other architecture flags or paper-vs-code switches than the README's (e.g. LAG-Net
+``num_attentions=4 part_split=fixed``). ``DIR`` receives:
 
 - ``model.pt2``: a ``torch.export`` program, batch 1 to 1024 (``torch.export.load(p).module()``);
   the lasting format, which AOTInductor and torch-tensorrt compile further;
@@ -33,7 +36,7 @@ from pathlib import Path
 import torch
 
 from bench.compile_speed import BACKENDS, parity
-from bench.models import BENCH_METHODS, BenchModelError, load_method_model
+from bench.models import BENCH_METHODS, BenchModelError, load_method_model, parse_model_options
 from common.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from common.files import atomic_write
 
@@ -48,12 +51,13 @@ class ExportError(RuntimeError):
     """An artifact that does not reproduce eager's features; the message names it."""
 
 
-def export_method(name, out_dir, checkpoint=None, size=None, device="cpu"):
-    """Writes ``model.pt2``, ``model_trace.pt`` and ``deploy.json`` for method ``name`` into
-    ``out_dir``; returns the deploy record (the contents of ``deploy.json``)."""
+def export_method(name, out_dir, checkpoint=None, size=None, device="cpu", options=None):
+    """Writes ``model.pt2``, ``model_trace.pt`` and ``deploy.json`` for method ``name`` (built
+    with ``options``, see ``bench.models.load_method_model``) into ``out_dir``; returns the
+    deploy record (the contents of ``deploy.json``)."""
     device = torch.device(device)
     method = BENCH_METHODS[name]
-    model = load_method_model(name, checkpoint).to(device)
+    model = load_method_model(name, checkpoint, options).to(device)
     size = tuple(size or method.input_size)
     generator = torch.Generator().manual_seed(0)
     batches = [torch.randn(n, 3, *size, generator=generator).to(device) for n in PARITY_IMAGES]
@@ -64,6 +68,7 @@ def export_method(name, out_dir, checkpoint=None, size=None, device="cpu"):
     record = {
         "method": name,
         "weights": str(checkpoint) if checkpoint else "fresh (random): pass --checkpoint",
+        "model_options": dict(options or {}),
         "input": {"height": size[0], "width": size[1],
                   "resize_interpolation": method.retrieval.interpolation,
                   "channels": "RGB", "scale": "pixel / 255", "mean": list(IMAGENET_MEAN),
@@ -106,10 +111,13 @@ def main(argv=None):
     parser.add_argument("--out", type=Path, required=True, help="folder for the files")
     parser.add_argument("--size", nargs=2, type=int, default=None, metavar=("H", "W"),
                         help="input size (default: the method's README size)")
+    parser.add_argument("--model-option", nargs="*", default=[], metavar="NAME=VALUE",
+                        help="build_model arguments of a run with non-README architecture flags")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     try:
-        record = export_method(args.method, args.out, args.checkpoint, args.size, args.device)
+        record = export_method(args.method, args.out, args.checkpoint, args.size, args.device,
+                               parse_model_options(args.model_option))
     except (BenchModelError, ExportError) as err:
         sys.exit(f"bench.export: error: {err}")
     for file_name, entry in record["files"].items():

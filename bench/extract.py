@@ -1,7 +1,8 @@
 """Re-ID features of a folder of person crops, made as the method's own evaluation makes them.
 
     python -m bench.extract IMAGES --exported DIR --out features.npz
-    python -m bench.extract IMAGES --method METHOD [--checkpoint PATH] --out features.npz
+    python -m bench.extract IMAGES --method METHOD [--checkpoint PATH]
+        [--model-option NAME=VALUE ...] --out features.npz
 
 ``IMAGES`` is a folder (searched recursively) or one image file; no identities or cameras are
 needed. The network is a folder written by ``python -m bench.export`` (its ``model.pt2`` and
@@ -34,7 +35,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from bench.export import DEPLOY_FILE
-from bench.models import BENCH_METHODS, BenchModelError, load_method_model
+from bench.models import BENCH_METHODS, BenchModelError, load_method_model, parse_model_options
 from common.data.dataset import IMAGE_EXTENSIONS, DatasetError, Sample, list_images
 from common.data.images import ImageDataset
 from common.data.transforms import build_test_transform
@@ -82,11 +83,12 @@ def load_exported(folder, device="cpu"):
                      retrieval["l2_normalize"], retrieval["distance"])
 
 
-def load_eager(method, checkpoint=None, size=None, device="cpu"):
-    """Method ``method``'s network in PyTorch (fresh weights or ``checkpoint``'s)."""
+def load_eager(method, checkpoint=None, size=None, device="cpu", options=None):
+    """Method ``method``'s network in PyTorch (fresh weights or ``checkpoint``'s), built with
+    ``options`` (``bench.models.load_method_model``)."""
     spec = BENCH_METHODS[method]
     height, width = size or spec.input_size
-    network = load_method_model(method, checkpoint).to(device)
+    network = load_method_model(method, checkpoint, options).to(device)
     retrieval = spec.retrieval
     return Extractor(network, method, height, width, retrieval.interpolation, retrieval.flip,
                      retrieval.normalize, retrieval.distance)
@@ -130,6 +132,9 @@ def main(argv=None):
                         help="with --method: weights written by its main.py (default: fresh)")
     parser.add_argument("--size", nargs=2, type=int, default=None, metavar=("H", "W"),
                         help="with --method: input size (default: the method's README size)")
+    parser.add_argument("--model-option", nargs="*", default=[], metavar="NAME=VALUE",
+                        help="with --method: build_model arguments of a run with non-README "
+                             "architecture flags")
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                         help="flip-average the features (default: as the method evaluates)")
     parser.add_argument("--out", type=Path, required=True, help="the .npz file to write")
@@ -137,11 +142,13 @@ def main(argv=None):
     parser.add_argument("--workers", type=int, default=2, help="image-loading processes")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
-    if args.exported and (args.checkpoint or args.size):
-        parser.error("--checkpoint and --size go with --method; an --exported folder has its own")
+    if args.exported and (args.checkpoint or args.size or args.model_option):
+        parser.error("--checkpoint, --size and --model-option go with --method; an --exported "
+                     "folder has its own")
     try:
         extractor = (load_exported(args.exported, args.device) if args.exported else
-                     load_eager(args.method, args.checkpoint, args.size, args.device))
+                     load_eager(args.method, args.checkpoint, args.size, args.device,
+                                parse_model_options(args.model_option)))
         if args.flip is not None:
             extractor.flip = args.flip
         start = time.perf_counter()

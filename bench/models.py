@@ -8,13 +8,15 @@ the method, the file and what did not match.
 
 from __future__ import annotations
 
+import ast
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from common.checkpoint import CheckpointError, load_checkpoint, load_state_dict_checked
 
-__all__ = ["BENCH_METHODS", "BenchMethod", "BenchModelError", "Retrieval", "load_method_model"]
+__all__ = ["BENCH_METHODS", "BenchMethod", "BenchModelError", "Retrieval", "load_method_model",
+           "parse_model_options"]
 
 
 class BenchModelError(ValueError):
@@ -37,53 +39,56 @@ class BenchMethod:
     name: str
     input_size: tuple  # (height, width) of the README configuration
     retrieval: Retrieval
-    fresh: Callable  # () -> the network with fresh weights (751 classes, no ImageNet file)
-    load: Callable  # (path) -> the network with the checkpoint's weights
+    fresh: Callable  # (options) -> the network with fresh weights (751 classes, no ImageNet file)
+    load: Callable  # (path, options) -> the network with the checkpoint's weights
 
 
-def _lagnet_fresh():
+# Each loader reads the class count (and for IAUnet/APNet the architecture) from the file;
+# ``options`` are the method's build_model keyword arguments for everything else.
+
+def _lagnet_fresh(options):
     from lagnet.model import build_model
-    return build_model(751, pretrained=False)
+    return build_model(751, pretrained=False, **options)
 
 
-def _lagnet_load(path):
+def _lagnet_load(path, options):
     from lagnet.model import build_model, load_weights, read_weights
     state = read_weights(path)
     classifier = state.get("classifier_gs.classifier.0.weight")
     model = build_model(int(classifier.shape[0]) if classifier is not None else 751,
-                        pretrained=False)
+                        pretrained=False, **options)
     load_weights(model, state, source=str(path))
     return model
 
 
-def _abdnet_fresh():
+def _abdnet_fresh(options):
     from abdnet.model import build_model
-    return build_model(751, pretrained=False)
+    return build_model(751, pretrained=False, **options)
 
 
 def _two_branch_load(build_model, rename_keys=None):
-    def load(path):
+    def load(path, options):
         from common.torchreid2018.released import load_released_checkpoint, read_released_checkpoint
         released = read_released_checkpoint(path, rename_keys)
-        model = build_model(released.num_classes or 751, pretrained=False)
+        model = build_model(released.num_classes or 751, pretrained=False, **options)
         load_released_checkpoint(model, released)
         return model
     return load
 
 
-def _abdnet_load(path):
+def _abdnet_load(path, options):
     from abdnet.model import build_model
-    return _two_branch_load(build_model)(path)
+    return _two_branch_load(build_model)(path, options)
 
 
-def _iabnet_fresh():
+def _iabnet_fresh(options):
     from iabnet.model import build_model
-    return build_model(751, pretrained=False)
+    return build_model(751, pretrained=False, **options)
 
 
-def _iabnet_load(path):
+def _iabnet_load(path, options):
     from iabnet.model import build_model, rename_original_keys
-    return _two_branch_load(build_model, rename_original_keys)(path)
+    return _two_branch_load(build_model, rename_original_keys)(path, options)
 
 
 def _state_of(path, key):
@@ -94,31 +99,33 @@ def _state_of(path, key):
     return state
 
 
-def _iaunet_fresh():
+def _iaunet_fresh(options):
     from iaunet.model import build_model
-    return build_model(751, pretrained=False)
+    return build_model(751, pretrained=False, **options)
 
 
-def _iaunet_load(path):
+def _iaunet_load(path, options):
     from iaunet.model import build_model
     state = _state_of(path, "state_dict")
     arch = "ianet" if "layer2.4.W1.weight" in state else "iaunet"
-    model = build_model(int(state["classifier.weight"].shape[0]), arch=arch, pretrained=False)
+    model = build_model(int(state["classifier.weight"].shape[0]), arch=arch, pretrained=False,
+                        **options)
     load_state_dict_checked(model, state, source=str(path))
     return model
 
 
-def _apnet_fresh():
+def _apnet_fresh(options):
     from apnet.model import build_model
-    return build_model(751, level=2, pretrained=False)
+    return build_model(751, **{"level": 2, **options}, pretrained=False)
 
 
-def _apnet_load(path):
+def _apnet_load(path, options):
     from apnet.model import build_model
     state = _state_of(path, "model")
     level = next((lvl for key, lvl in (("att_ss1.fc1.weight", 3), ("att_s1.fc1.weight", 2),
                                        ("att1.fc.0.weight", 1)) if key in state), 0)
-    model = build_model(int(state["classifier.weight"].shape[0]), level=level, pretrained=False)
+    model = build_model(int(state["classifier.weight"].shape[0]), level=level, pretrained=False,
+                        **options)
     load_state_dict_checked(model, state, source=str(path))
     return model
 
@@ -139,18 +146,44 @@ BENCH_METHODS = {
 }
 
 
-def load_method_model(name, checkpoint=None):
-    """The eval-mode network of method ``name``: fresh weights, or ``checkpoint``'s."""
+def load_method_model(name, checkpoint=None, options=None):
+    """The eval-mode network of method ``name``: fresh weights, or ``checkpoint``'s.
+
+    ``options`` are keyword arguments of the method's ``build_model`` for a run trained with
+    other architecture flags or paper-vs-code switches than the README's (e.g. LAG-Net
+    ``{"num_attentions": 4, "part_split": "fixed"}``); see :func:`parse_model_options`.
+    """
     if name not in BENCH_METHODS:
         raise BenchModelError(f"unknown method {name!r}; choose from {', '.join(BENCH_METHODS)}")
-    method = BENCH_METHODS[name]
-    if checkpoint is None:
-        return method.fresh().eval()
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise BenchModelError(f"{name}: checkpoint {path} does not exist")
+    method, options = BENCH_METHODS[name], dict(options or {})
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise BenchModelError(f"{name}: checkpoint {checkpoint} does not exist")
     try:
-        return method.load(path).eval()
+        if checkpoint is None:
+            return method.fresh(options).eval()
+        return method.load(Path(checkpoint), options).eval()
     except CheckpointError as err:
-        raise BenchModelError(f"{path} is not a {name} checkpoint that this network can load: "
-                              f"{err}") from None
+        raise BenchModelError(f"{checkpoint} is not a {name} checkpoint that this network can "
+                              f"load: {err}. If the run used other architecture flags than the "
+                              f"README's, give them with --model-option NAME=VALUE") from None
+    except (TypeError, ValueError) as err:
+        if not options:
+            raise
+        raise BenchModelError(f"{name}: --model-option {options}: {err} (the names and values "
+                              f"are those of {name}/model.py's build_model)") from None
+
+
+def parse_model_options(items):
+    """``["num_attentions=4", "part_split=fixed"]`` -> ``{"num_attentions": 4, "part_split":
+    "fixed"}``: values are Python literals (numbers, True/False, lists, tuples), else strings."""
+    options = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name.isidentifier():
+            raise BenchModelError(f"--model-option {item!r}: write NAME=VALUE, NAME a keyword "
+                                  f"argument of the method's build_model")
+        try:
+            options[name] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            options[name] = value
+    return options

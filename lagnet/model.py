@@ -244,4 +244,4 @@ def load_weights(model, state, source="weights"):
     """
     return load_state_dict_checked(
         model, state, ignore_unexpected=ORIGINAL_UNUSED_PREFIXES, source=source,
-        hint=". Is it a LAG-Net checkpoint built with the same --num_attentions and --feats?")
+        hint=". Is it a LAG-Net checkpoint built with the same --feats?")

@@ -114,7 +114,7 @@ def test_bad_inputs_are_named(tmp_path, capsys):
     with pytest.raises(SystemExit):
         extract_main([str(tmp_path), "--exported", str(tmp_path), "--checkpoint", "x.pt",
                       "--out", "f.npz"])
-    assert "--checkpoint and --size go with --method" in capsys.readouterr().err
+    assert "--checkpoint, --size and --model-option go with --method" in capsys.readouterr().err
 
 
 def _torchreid2018_evaluate(main, arch_flags):
