@@ -16,7 +16,7 @@ doubles the cost). The quick mode (default on a CPU) uses a small sweep and skip
 that compile for minutes; ``--full`` runs everything.
 
     python -m bench.compile_speed [--methods apnet lagnet] [--checkpoint apnet=PATH] [--full]
-        [--size H W] [--backends ...]
+        [--size H W] [--backends ...] [--model-option NAME=VALUE ... (with one method)]
 
 Prints a markdown table and writes ``bench/results/compile_speed_<device>.json`` and ``.png``.
 """
@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.models import BENCH_METHODS, BenchModelError, load_method_model
+from bench.models import BENCH_METHODS, BenchModelError, load_method_model, parse_model_options
 from common.files import atomic_write
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -256,9 +256,9 @@ def gflops_per_image(model, size, device):
     return counter.get_total_flops() / 1e9
 
 
-def bench_method(name, checkpoint, device, settings, backends, size=None):
-    """The result rows of one method."""
-    model = load_method_model(name, checkpoint).to(device)
+def bench_method(name, checkpoint, device, settings, backends, size=None, options=None):
+    """The result rows of one method (built with ``options``, ``bench.models.load_method_model``)."""
+    model = load_method_model(name, checkpoint, options).to(device)
     size = tuple(size or BENCH_METHODS[name].input_size)
     generator = torch.Generator().manual_seed(0)
     num_query, num_gallery = settings["parity"]
@@ -267,6 +267,7 @@ def bench_method(name, checkpoint, device, settings, backends, size=None):
     with torch.no_grad():
         reference = (model(query).float(), model(gallery).float())
     base = {"method": name, "weights": str(checkpoint) if checkpoint else "fresh (random)",
+            "model_options": dict(options or {}),
             "input_size": list(size), "feature_dim": int(reference[0].shape[1]),
             "gflops_per_image": gflops_per_image(model, size, device), "flip_tta": False}
     rows = []
@@ -383,6 +384,9 @@ def main(argv=None):
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=list(BACKENDS))
     parser.add_argument("--checkpoint", nargs="*", default=[], metavar="METHOD=PATH",
                         help="weights written by the method's main.py (default: fresh weights)")
+    parser.add_argument("--model-option", nargs="*", default=[], metavar="NAME=VALUE",
+                        help="with one --methods: build_model arguments of a run with "
+                             "non-README architecture flags")
     parser.add_argument("--full", action="store_true", help="the whole sweep and every backend")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--size", nargs=2, type=int, default=None, metavar=("H", "W"),
@@ -391,13 +395,16 @@ def main(argv=None):
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     settings = {**(FULL if args.full else QUICK), "full": args.full}
+    if args.model_option and len(args.methods) != 1:
+        parser.error("--model-option needs exactly one method in --methods")
     try:
         checkpoints = parse_checkpoints(args.checkpoint)
+        options = parse_model_options(args.model_option)
         rows = []
         for name in args.methods:
             print(f"benchmarking {name} ...", file=sys.stderr, flush=True)
             rows += bench_method(name, checkpoints.get(name), device, settings, args.backends,
-                                 size=args.size)
+                                 size=args.size, options=options)
     except BenchModelError as err:
         sys.exit(f"bench.compile_speed: error: {err}")
     out = args.out or RESULTS / f"compile_speed_{device_tag(device)}.json"

@@ -62,13 +62,13 @@ def test_json_and_plot(tmp_path, capsys):
     assert [row["backend"] for row in payload["rows"]] == ["eager fp32", "tensorrt fp32"]
     assert set(payload["rows"][0]) >= {"method", "backend", "status", "precision", "input_size",
                                        "gflops_per_image", "latency_ms", "throughput_img_s",
-                                       "parity", "weights", "flip_tta"}
+                                       "parity", "weights", "model_options", "flip_tta"}
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     printed = capsys.readouterr().out
     assert "| iaunet | eager fp32 | ok |" in printed and "flip TTA off" in printed
 
 
-def test_bad_checkpoints_are_clear_errors(tmp_path):
+def test_bad_checkpoints_are_clear_errors(tmp_path, capsys):
     with pytest.raises(BenchModelError, match="does not exist"):
         load_method_model("apnet", tmp_path / "missing.pt")
     torch.save({"model": build_iaunet(10, pretrained=False).state_dict()}, tmp_path / "iau.pt")
@@ -77,6 +77,9 @@ def test_bad_checkpoints_are_clear_errors(tmp_path):
     with pytest.raises(SystemExit, match="METHOD=PATH"):
         main(["--methods", "apnet", "--checkpoint", str(tmp_path / "iau.pt"), "--out",
               str(tmp_path / "x.json")])
+    with pytest.raises(SystemExit):
+        main(["--methods", "apnet", "lagnet", "--model-option", "level=1"])
+    assert "--model-option needs exactly one method" in capsys.readouterr().err
 
 
 def test_a_method_checkpoint_loads(tmp_path):
