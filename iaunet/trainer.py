@@ -275,6 +275,7 @@ def _run(args, distributed):
         log.warning(f"--resume {resume}: weights only, continuing after epoch {finished}; the "
                     f"optimizer starts afresh (resume from {TRAINING_STATE} for an exact "
                     f"continuation)")
+    del checkpoint, weights  # the model and optimizer hold copies: the file is not kept for the run
     if distributed.enabled:
         trainer.model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)

@@ -38,15 +38,16 @@ class ReleasedCheckpoint:
         return None if weight is None else int(weight.shape[0])
 
 
-def read_released_checkpoint(path, rename_keys=None):
+def read_released_checkpoint(path, rename_keys=None, loaded=None):
     """Reads a released file (``{"state_dict", "rank1", "epoch"}``); a bare state_dict and the
     trainer's ``training_state.pth.tar`` are accepted too. ``rename_keys`` (state_dict ->
-    state_dict) maps a method's other historical key names to the current ones.
+    state_dict) maps a method's other historical key names to the current ones; ``loaded`` is
+    what ``load_checkpoint(path)`` already returned, so the file is not read twice.
 
     ``rank1`` is a pickled NumPy scalar; it loads through common.checkpoint's allow-list, never
     through unrestricted unpickling.
     """
-    checkpoint = load_checkpoint(path)
+    checkpoint = load_checkpoint(path) if loaded is None else loaded
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"{path} holds no state_dict")
     state = checkpoint.get("state_dict", checkpoint.get("model", checkpoint))

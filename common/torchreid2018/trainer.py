@@ -447,10 +447,10 @@ def _run(args, method, distributed):
                           f"--resume {state_path}, or pick another --save-dir")
     resume_state = load_checkpoint(resume) if resume is not None and not args.evaluate else None
     resumable = resume_state is not None and "optimizer" in resume_state
-    if not resumable:
-        resume_state = None  # a weights-only file is read below as a released checkpoint
     weights = args.load_weights or ("" if resumable else args.resume)
-    released = read_released_checkpoint(weights, method.rename_keys) if weights else None
+    released = read_released_checkpoint(
+        weights, method.rename_keys,
+        loaded=None if args.load_weights else resume_state) if weights else None
 
     targets = {}
     for name in args.target_names:
@@ -488,6 +488,7 @@ def _run(args, method, distributed):
         trainer.resume(resume, loaded=resume_state)
     elif resume is not None:
         _continue_from_weights(trainer, released)
+    del resume_state  # the model and optimizer hold copies: the file's GB is not kept for the run
 
     if distributed.enabled:  # frozen layers (fixbase) and unused heads get no gradient
         trainer.model = nn.parallel.DistributedDataParallel(
