@@ -86,8 +86,7 @@ def export_method(name, out_dir, checkpoint=None, size=None, device="cpu", optio
             with torch.no_grad():
                 loaded = build(model, batches[1][:2], device, staging)
                 features = [loaded(images).float() for images in batches]
-            check = parity((reference[0], reference[1]), (features[0], features[1]),
-                           torch.float32)
+            check = parity(reference, features, torch.float32)
             if not check["passed"]:
                 raise ExportError(f"{file_name} ({backend}) does not reproduce eager's features "
                                   f"(max difference {check['max_abs_diff_relative']:.2e} of "

@@ -26,7 +26,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -35,7 +35,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from bench.export import DEPLOY_FILE
-from bench.models import BENCH_METHODS, BenchModelError, load_method_model, parse_model_options
+from bench.models import (BENCH_METHODS, BenchModelError, Retrieval, load_method_model,
+                          parse_model_options)
 from common.data.dataset import IMAGE_EXTENSIONS, DatasetError, Sample, list_images
 from common.data.images import ImageDataset
 from common.data.transforms import build_test_transform
@@ -52,16 +53,13 @@ class ExtractError(ValueError):
 @dataclass
 class Extractor:
     """A network (images -> features) with its input size and its method's retrieval
-    convention (``bench.models.Retrieval``)."""
+    convention."""
 
     network: Callable
     method: str
     height: int
     width: int
-    interpolation: str
-    flip: bool
-    normalize: bool
-    distance: str
+    retrieval: Retrieval
 
 
 def load_exported(folder, device="cpu"):
@@ -78,9 +76,11 @@ def load_exported(folder, device="cpu"):
                            f"pass --device {deploy['device']}, or export again on {device}")
     module = torch.export.load(program_path).module()
     retrieval, image = deploy["retrieval"], deploy["input"]
+    # a plain function, not the module: an exported module refuses .eval()
     return Extractor(lambda images: module(images), deploy["method"], image["height"],
-                     image["width"], image["resize_interpolation"], retrieval["flip_average"],
-                     retrieval["l2_normalize"], retrieval["distance"])
+                     image["width"], Retrieval(image["resize_interpolation"],
+                                               retrieval["flip_average"],
+                                               retrieval["l2_normalize"], retrieval["distance"]))
 
 
 def load_eager(method, checkpoint=None, size=None, device="cpu", options=None):
@@ -89,9 +89,7 @@ def load_eager(method, checkpoint=None, size=None, device="cpu", options=None):
     spec = BENCH_METHODS[method]
     height, width = size or spec.input_size
     network = load_method_model(method, checkpoint, options).to(device)
-    retrieval = spec.retrieval
-    return Extractor(network, method, height, width, retrieval.interpolation, retrieval.flip,
-                     retrieval.normalize, retrieval.distance)
+    return Extractor(network, method, height, width, spec.retrieval)
 
 
 def image_paths(source):
@@ -111,12 +109,13 @@ def image_paths(source):
 def extract_folder(extractor, source, batch_size=32, device="cpu", workers=0, progress=True):
     """``(features, paths)``: one float32 row per image under ``source``."""
     paths = image_paths(source)
+    retrieval = extractor.retrieval
     dataset = ImageDataset([Sample(str(p), -1, -1) for p in paths],
                            build_test_transform(extractor.height, extractor.width,
-                                                extractor.interpolation))
+                                                retrieval.interpolation))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
     features, _, _ = extract_features(extractor.network, loader, device=device,
-                                      flip=extractor.flip, normalize=extractor.normalize,
+                                      flip=retrieval.flip, normalize=retrieval.normalize,
                                       progress=progress, desc="images")
     return features.numpy().astype(np.float32), [str(p) for p in paths]
 
@@ -150,19 +149,20 @@ def main(argv=None):
                      load_eager(args.method, args.checkpoint, args.size, args.device,
                                 parse_model_options(args.model_option)))
         if args.flip is not None:
-            extractor.flip = args.flip
+            extractor.retrieval = replace(extractor.retrieval, flip=args.flip)
         start = time.perf_counter()
         features, paths = extract_folder(extractor, args.images, args.batch_size, args.device,
                                          args.workers)
     except (BenchModelError, DatasetError, ExtractError) as err:
         sys.exit(f"bench.extract: error: {err}")
     seconds = time.perf_counter() - start
+    retrieval = extractor.retrieval
     with atomic_write(args.out) as handle:
         np.savez(handle, features=features, paths=np.array(paths), method=extractor.method,
-                 distance=extractor.distance)
+                 distance=retrieval.distance)
     print(f"{args.out}: {features.shape[0]} images x {features.shape[1]}-d {extractor.method} "
-          f"features (flip {'on' if extractor.flip else 'off'}, L2 "
-          f"{'on' if extractor.normalize else 'off'}; rank with the {extractor.distance} "
+          f"features (flip {'on' if retrieval.flip else 'off'}, L2 "
+          f"{'on' if retrieval.normalize else 'off'}; rank with the {retrieval.distance} "
           f"distance), {features.shape[0] / seconds:.1f} images/s on {args.device}")
 
 

@@ -188,7 +188,7 @@ def test_each_methods_retrieval_convention_reproduces_its_evaluation(method, tin
     q_pids, q_cams = ids_of(query_paths)
     g_pids, g_cams = ids_of(gallery_paths)
     keep = g_pids != -1
-    dist = compute_distance_matrix(query, gallery[keep], metric=extractor.distance)
+    dist = compute_distance_matrix(query, gallery[keep], metric=extractor.retrieval.distance)
     result = evaluate_rank(dist, q_pids, g_pids[keep], q_cams, g_cams[keep])
     assert result["mAP"] == pytest.approx(expected["mAP"], abs=1e-6)
     assert result["cmc"][0] == pytest.approx(expected["rank1"], abs=1e-6)
