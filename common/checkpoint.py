@@ -118,13 +118,17 @@ def load_checkpoint(path, map_location="cpu"):
         with torch.serialization.safe_globals(LEGACY_NUMPY_GLOBALS):
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"checkpoint {path} holds objects that are not tensors, containers or NumPy scalars, "
-            f"so it is not loaded (unrestricted unpickling can run arbitrary code). If you trust "
-            f"the file, re-save only its state_dict. Details: {str(err).splitlines()[0]}") from None
-    except (RuntimeError, EOFError) as err:
-        raise CheckpointError(f"checkpoint {path} is not a readable torch file ({err}); it may be "
-                              f"truncated or of another format") from None
+        refused = [line.strip() for line in str(err).splitlines() if "GLOBAL" in line]
+        if refused:
+            raise CheckpointError(
+                f"checkpoint {path} holds objects that are not tensors, containers or NumPy "
+                f"scalars, so it is not loaded (unpickling them could run arbitrary code): "
+                f"{refused[0]} If the file is yours, re-save only its state_dict.") from None
+        raise CheckpointError(f"checkpoint {path} is not a torch checkpoint (corrupt or another "
+                              f"format)") from None
+    except (RuntimeError, EOFError, ValueError) as err:
+        raise CheckpointError(f"checkpoint {path} is not a torch checkpoint (corrupt, truncated "
+                              f"or another format: {str(err).splitlines()[0]})") from None
 
 
 def resume_from(path, model, optimizer=None, scheduler=None, scaler=None, map_location="cpu",

@@ -1,5 +1,6 @@
 import os
 import random
+import shlex
 import stat
 
 import numpy as np
@@ -76,21 +77,51 @@ def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
 
 
-def test_legacy_numpy_scalars_load_and_arbitrary_objects_do_not(tmp_path):
+class OwnClass:
+    """A class of this test module: not on any weights-only allow-list."""
+
+
+class ShellPayload:
+    """Unpickling this runs a shell command that creates ``marker`` (the classic pickle attack)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {shlex.quote(str(self.marker))}",)
+
+
+def test_legacy_numpy_scalars_load(tmp_path):
     legacy = tmp_path / "abd.pth.tar"
     torch.save({"state_dict": nn.Linear(2, 2).state_dict(), "rank1": np.float64(0.9561),
                 "epoch": np.int64(30)}, legacy)
     checkpoint = load_checkpoint(legacy)
     assert checkpoint["rank1"] == pytest.approx(0.9561) and checkpoint["epoch"] == 30
 
+
+@pytest.mark.parametrize("payload", ["own_class", "reduce_payload"])
+def test_objects_outside_the_allow_list_are_refused_and_nothing_runs(tmp_path, payload):
+    marker = tmp_path / "payload_ran"
     hostile = tmp_path / "hostile.pt"
-    torch.save({"payload": Exception("arbitrary object")}, hostile)
-    with pytest.raises(CheckpointError, match="not loaded"):
+    obj = OwnClass() if payload == "own_class" else ShellPayload(marker)
+    torch.save({"state_dict": nn.Linear(2, 2).state_dict(), "payload": obj}, hostile)
+    with pytest.raises(CheckpointError, match="not loaded") as refused:
         load_checkpoint(hostile)
+    assert not marker.exists()
+    assert "weights_only" not in str(refused.value)
+
+
+def test_corrupt_truncated_and_missing_files_are_named_as_such(tmp_path):
+    legacy = tmp_path / "abd.pth.tar"
+    torch.save({"state_dict": nn.Linear(2, 2).state_dict()}, legacy)
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(legacy.read_bytes()[:100])
-    with pytest.raises(CheckpointError, match="not a readable torch file"):
-        load_checkpoint(truncated)
+    random_bytes = tmp_path / "random.pt"
+    random_bytes.write_bytes(np.random.default_rng(0).bytes(4096))
+    for path in (truncated, random_bytes):
+        with pytest.raises(CheckpointError, match="is not a torch checkpoint") as error:
+            load_checkpoint(path)
+        assert "weights_only" not in str(error.value) and "trust" not in str(error.value)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.pt")
 
