@@ -33,3 +33,37 @@ def test_bad_inputs():
         compute_distance_matrix(np.zeros((1, 2)), np.zeros((1, 2)), "manhattan")
     with pytest.raises(ValueError, match="same D"):
         compute_distance_matrix(np.zeros((1, 2)), np.zeros((1, 3)))
+
+
+def test_distance_blocks_are_the_matrix_bit_for_bit():
+    from common.eval import distance_blocks
+    q, g = torch.randn(23, 8), torch.randn(31, 8)
+    for metric in ("euclidean", "sqeuclidean", "cosine"):
+        whole = compute_distance_matrix(q, g, metric, block_size=5)
+        starts = []
+        for start, block in distance_blocks(q, g, metric, block_size=5):
+            starts.append(start)
+            np.testing.assert_array_equal(block, whole[start:start + 5])
+        assert starts == [0, 5, 10, 15, 20]
+
+
+def test_paired_distances_are_the_diagonal():
+    from common.eval.distance import paired_distances
+    a, b = torch.randn(9, 6), torch.randn(9, 6)
+    for metric in ("euclidean", "sqeuclidean", "cosine"):
+        np.testing.assert_allclose(paired_distances(a, b, metric).numpy(),
+                                   np.diag(compute_distance_matrix(a, b, metric)), atol=1e-5)
+    with pytest.raises(ValueError, match="one shape"):
+        paired_distances(a, b[:3])
+
+
+def test_smallest_per_row_breaks_ties_by_index():
+    from common.eval.distance import smallest_per_row
+    rows = np.array([[1, 0, 1, 1, 2, 1], [5, 4, 3, 2, 1, 0]], np.float32)
+    values, index = smallest_per_row(rows, 3)
+    np.testing.assert_array_equal(index, [[1, 0, 2], [5, 4, 3]])
+    np.testing.assert_array_equal(values, [[0, 1, 1], [0, 1, 2]])
+    # a whole row of one value: the first k columns
+    values, index = smallest_per_row(np.zeros((3, 50), np.float32), 4)
+    np.testing.assert_array_equal(index, np.tile(np.arange(4), (3, 1)))
+    assert smallest_per_row(rows, 10)[1].shape == (2, 6)

@@ -155,3 +155,99 @@ def test_real_features_with_few_valid_queries(eval_reference):
     # Market divides by all 100 queries and its trapezoid AP never exceeds the standard AP.
     assert market["mAP"] <= standard["mAP"] * 7 / 100 + 1e-12
     assert market["mAP"] == pytest.approx(evaluate_rank_loop(*args, protocol="market")["mAP"])
+
+
+def assert_same_as_reference(dist, labels, protocol="standard", max_rank=10):
+    ours = evaluate_rank(dist, *labels[:2], *labels[2:], max_rank=max_rank, protocol=protocol)
+    ref = evaluate_rank_loop(dist, *labels[:2], *labels[2:], max_rank=max_rank, protocol=protocol)
+    assert ours["num_valid_queries"] == ref["num_valid_queries"]
+    np.testing.assert_allclose(ours["cmc"], ref["cmc"], rtol=0, atol=1e-12)
+    assert ours["mAP"] == pytest.approx(ref["mAP"], rel=1e-12)
+    assert ours["mINP"] == pytest.approx(ref["mINP"], rel=1e-12)
+
+
+def random_labels(rng, num_q, num_g, num_ids=6):
+    return (rng.integers(-1, num_ids, num_q), rng.integers(-1, num_ids, num_g),
+            rng.integers(0, 3, num_q), rng.integers(0, 3, num_g))
+
+
+@pytest.mark.parametrize("case", ["all-equal", "two-values", "outlier", "near-ties-float64",
+                                  "huge-span", "negative", "float16"])
+@pytest.mark.parametrize("protocol", ["standard", "market"])
+def test_heavy_ties_and_extreme_rows_match_the_reference(case, protocol):
+    # Rows where many gallery images share a bucket (or an exact distance) with a good match:
+    # the exact comparison inside a bucket must give the stable-sort order of the reference.
+    rng = np.random.default_rng(7)
+    num_q, num_g = 30, 400
+    if case == "all-equal":
+        dist = np.full((num_q, num_g), 0.25, np.float32)
+    elif case == "two-values":
+        dist = rng.integers(0, 2, (num_q, num_g)).astype(np.float32)
+    elif case == "outlier":
+        # one far image per row squeezes every other distance into the lowest bucket
+        dist = (1.0 + rng.integers(0, 5, (num_q, num_g)) * 1e-7).astype(np.float32)
+        dist[:, 3] = 1e30
+    elif case == "near-ties-float64":
+        dist = 0.5 + rng.integers(0, 4, (num_q, num_g)) * 1e-13
+        dist[:, 0] = 100.0
+    elif case == "huge-span":
+        dist = rng.choice(np.array([-3e38, -1.0, 0.0, 1.0, 3e38], np.float32), (num_q, num_g))
+    elif case == "negative":
+        dist = -rng.integers(0, 3, (num_q, num_g)).astype(np.float32) - 0.0
+        dist[:, :5] = -0.0
+    else:
+        dist = rng.integers(0, 3, (num_q, num_g)).astype(np.float16)
+    assert_same_as_reference(dist, random_labels(rng, num_q, num_g), protocol)
+
+
+def test_many_blocks_and_threads_give_the_same_numbers(monkeypatch):
+    import common.eval.rank as rank
+    rng = np.random.default_rng(3)
+    dist = rng.integers(0, 5, (70, 90)).astype(np.float32)
+    labels = random_labels(rng, 70, 90)
+    whole = evaluate_rank(dist, *labels[:2], *labels[2:])
+    monkeypatch.setattr(rank, "_BLOCK_ENTRIES", 7 * 90)
+    monkeypatch.setattr(rank, "_CHUNK_ENTRIES", 2 * 90)
+    split = evaluate_rank(dist, *labels[:2], *labels[2:])
+    np.testing.assert_array_equal(whole["per_query_ap"], split["per_query_ap"])
+    np.testing.assert_array_equal(whole["cmc"], split["cmc"])
+    assert whole["mINP"] == split["mINP"]
+    assert_same_as_reference(dist, labels)
+
+
+def test_accumulator_takes_uneven_blocks():
+    from common.eval.rank import RankingAccumulator
+    rng = np.random.default_rng(4)
+    dist = rng.random((23, 40)).astype(np.float32)
+    labels = random_labels(rng, 23, 40)
+    for protocol in ("standard", "market", "cuhk03"):
+        metrics = RankingAccumulator(*labels, protocol=protocol, max_rank=5)
+        for a, b in [(0, 1), (1, 9), (9, 9), (9, 23)]:
+            metrics.add(dist[a:b])
+        blocked = metrics.results()
+        whole = evaluate_rank(dist, *labels, protocol=protocol, max_rank=5)
+        np.testing.assert_array_equal(blocked["cmc"], whole["cmc"])
+        np.testing.assert_array_equal(blocked["per_query_ap"], whole["per_query_ap"])
+    early = RankingAccumulator(*labels)
+    early.add(dist[:5])
+    with pytest.raises(ValueError, match="only 5 of 23 queries"):
+        early.results()
+    with pytest.raises(ValueError, match="does not fit"):
+        early.add(dist[:3, :7])
+
+
+def test_msmt17_labels_concentrated_distances(eval_reference):
+    # Real MSMT17 identity/camera structure with the distances of an untrained network: between
+    # random L2-normalised 2048-d features, d = sqrt(2 - 2 cos) with cos ~ N(0, 1/2048), so
+    # float32 ties are common (the case the old per-row stable-sort fallback took).
+    h5py = pytest.importorskip("h5py", reason="h5py reads the MATLAB v7.3 MSMT17 lists")
+    lists = eval_reference / "msmt17_lists"
+    read = lambda name: np.asarray(h5py.File(lists / f"{name}.mat", "r")[name]).ravel().astype(int)
+    q_pids, q_cams = read("query_ID")[:40], read("query_CAM")[:40]
+    g_pids, g_cams = read("gallery_ID"), read("gallery_CAM")
+    assert len(g_pids) == 82161 and len(np.unique(g_pids)) == 3060
+    cosine = np.random.default_rng(0).normal(0, 2048 ** -0.5, (40, len(g_pids)))
+    dist = np.sqrt(2 - 2 * cosine).astype(np.float32)
+    tied_rows = sum(len(np.unique(row)) < len(row) for row in dist)
+    assert tied_rows > 30
+    assert_same_as_reference(dist, (q_pids, g_pids, q_cams, g_cams))

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from common.eval import compute_distance_matrix, evaluate_rank, re_ranking
+from common.eval import compute_distance_matrix, evaluate_rank, re_ranking, re_ranking_features
 from common.eval.reference import re_ranking_loop
 
 
@@ -52,3 +52,70 @@ def test_bad_shapes_and_parameters():
     with pytest.raises(ValueError, match="k1 and k2"):
         re_ranking(np.zeros((1, 1)), np.zeros((1, 1)), np.zeros((1, 1)), k1=0)
     assert re_ranking(np.zeros((0, 4)), np.zeros((0, 0)), np.zeros((4, 4))).shape == (0, 4)
+
+
+def split_distances_of(q, g, metric="sqeuclidean"):
+    return [compute_distance_matrix(a, b, metric) for a, b in ((q, g), (q, q), (g, g))]
+
+
+def dense_from_features(q, g, metric):
+    return re_ranking(*split_distances_of(q, g, metric))
+
+
+def assert_orders_agree_up_to_rounding(ours, dense, tolerance):
+    # Same ranking of every row, except between entries whose distances differ by no more than
+    # float32 rounding (far images with no k-reciprocal overlap are often that close).
+    order = np.argsort(ours, axis=1, kind="stable")
+    along = np.take_along_axis(dense, order, axis=1)
+    assert np.diff(along, axis=1).min() >= -tolerance
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine"])
+@pytest.mark.parametrize("k1,k2,lam", [(20, 6, 0.3), (6, 1, 0.5), (3, 3, 0.0)])
+def test_features_version_equals_the_dense_call(metric, k1, k2, lam):
+    rng = np.random.default_rng(k1)
+    centres = rng.normal(size=(30, 16))
+    features = (centres[rng.integers(0, 30, 260)] + rng.normal(size=(260, 16))).astype(np.float32)
+    q, g = features[:60], features[60:]
+    ours = re_ranking_features(q, g, k1, k2, lam, metric=metric)
+    dense = re_ranking(*split_distances_of(q, g, metric), k1, k2, lam)
+    assert ours.dtype == np.float32 and ours.shape == (60, 200)
+    np.testing.assert_allclose(ours, dense, rtol=0, atol=5e-7)
+    assert_orders_agree_up_to_rounding(ours, dense, 5e-7)
+
+
+def test_features_version_with_exact_ties_and_small_tiles(monkeypatch):
+    # Integer features: many samples at exactly equal distances, so the neighbour lists depend
+    # on the ties being broken by index; tiles of 16 samples exercise the tile merging.
+    import common.eval.rerank as rerank
+    rng = np.random.default_rng(5)
+    features = rng.integers(-1, 2, (90, 4)).astype(np.float32)
+    q, g = features[:20], features[20:]
+    dense = dense_from_features(q, g, "sqeuclidean")
+    whole = re_ranking_features(q, g, metric="sqeuclidean")
+    monkeypatch.setattr(rerank, "_TILE", 16)
+    tiled = re_ranking_features(q, g, metric="sqeuclidean")
+    np.testing.assert_array_equal(whole, dense)     # integer distances: no rounding at all
+    np.testing.assert_array_equal(tiled, dense)
+    np.testing.assert_allclose(tiled, re_ranking_loop(*split_distances_of(q, g)), atol=2e-6)
+
+
+def test_re_ranked_blocks_are_the_rows_in_order(monkeypatch):
+    import common.eval.rerank as rerank
+    rng = np.random.default_rng(6)
+    q, g = rng.normal(size=(25, 8)), rng.normal(size=(40, 8))
+    monkeypatch.setattr(rerank, "_QUERY_BLOCK_ENTRIES", 6 * 40)
+    blocks = list(rerank.re_ranked_blocks(q, g))
+    assert [start for start, _ in blocks] == [0, 6, 12, 18, 24]
+    np.testing.assert_array_equal(np.concatenate([b for _, b in blocks]), re_ranking_features(q, g))
+
+
+def test_features_version_bad_inputs_and_empty_sets():
+    with pytest.raises(ValueError, match="same D"):
+        re_ranking_features(np.zeros((2, 3)), np.zeros((4, 5)))
+    with pytest.raises(ValueError, match="k1 and k2"):
+        re_ranking_features(np.zeros((2, 3)), np.zeros((4, 3)), k2=0)
+    with pytest.raises(ValueError, match="unknown metric"):
+        re_ranking_features(np.zeros((2, 3)), np.zeros((4, 3)), metric="l1")
+    assert re_ranking_features(np.zeros((0, 3)), np.ones((4, 3))).shape == (0, 4)
+    assert re_ranking_features(np.ones((2, 3)), np.zeros((0, 3))).shape == (2, 0)
