@@ -251,3 +251,17 @@ def test_msmt17_labels_concentrated_distances(eval_reference):
     tied_rows = sum(len(np.unique(row)) < len(row) for row in dist)
     assert tied_rows > 30
     assert_same_as_reference(dist, (q_pids, g_pids, q_cams, g_cams))
+
+
+def test_previous_sort_based_baseline_matches_the_reference():
+    # bench/eval_speed.py measures against it, so it must compute the same numbers.
+    from common.eval.reference import evaluate_rank_sorting
+    rng = np.random.default_rng(11)
+    for kind in ("ties", "float32"):
+        dist = (rng.integers(0, 3, (40, 300)) if kind == "ties" else rng.random((40, 300)))
+        dist = dist.astype(np.float32)
+        labels = random_labels(rng, 40, 300)
+        old = evaluate_rank_sorting(dist, *labels[:2], *labels[2:], max_rank=10)
+        ref = evaluate_rank_loop(dist, *labels[:2], *labels[2:], max_rank=10)
+        assert old["mAP"] == pytest.approx(ref["mAP"]) and old["mINP"] == pytest.approx(ref["mINP"])
+        np.testing.assert_allclose(old["cmc"], ref["cmc"])
