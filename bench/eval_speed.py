@@ -116,7 +116,7 @@ def summary(result):
 def matrix_summary(matrix):
     """A fingerprint of a re-ranked matrix: its mean and a hash of each row's nearest column."""
     top1 = np.argmin(matrix, axis=1).astype(np.int64)
-    return {"mean": float(matrix.astype(np.float64).mean()),
+    return {"mean": float(np.mean(matrix, dtype=np.float64)),
             "top1_sha1": hashlib.sha1(top1.tobytes()).hexdigest()}
 
 

@@ -4,10 +4,9 @@ An MSMT17-size problem (11,659 x 82,161) has a 3.8 GB float32 result; computing 
 about 16 million distances keeps the temporaries to one block, and :func:`distance_blocks` lets a
 caller consume the blocks without ever holding the whole matrix.
 
-Every function here uses one formula per metric, so a distance is the same float32 number
-wherever it is computed from the same block of rows: ``euclidean`` and ``sqeuclidean`` are
-``||q||^2 + ||g||^2 - 2 q.g`` clamped at 0 (square-rooted for ``euclidean``), ``cosine`` is
-``1 - q.g`` of the L2-normalised features.
+``euclidean`` and ``sqeuclidean`` are ``||q||^2 + ||g||^2 - 2 q.g`` clamped at 0 (square-rooted
+for ``euclidean``), ``cosine`` is ``1 - q.g`` of the L2-normalised features; the blocks of
+:func:`distance_blocks` are those of :func:`compute_distance_matrix`, bit for bit.
 """
 
 from __future__ import annotations
@@ -16,8 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["METRICS", "compute_distance_matrix", "distance_blocks", "paired_distances",
-           "smallest_per_row", "sorted_by_value_then_index"]
+__all__ = ["METRICS", "compute_distance_matrix", "distance_blocks", "smallest_per_row"]
 
 METRICS = ("euclidean", "sqeuclidean", "cosine")
 
@@ -52,20 +50,7 @@ def distance_blocks(query, gallery, metric="euclidean", block_size=None):
         yield start, block.numpy()
 
 
-def paired_distances(a, b, metric="euclidean"):
-    """The (N,) float32 distances between ``a[i]`` and ``b[i]`` (both (N, D)), same formula as
-    :func:`compute_distance_matrix` (the summation order, hence the last bit, may differ)."""
-    a, b = prepare_features(a, b, metric)
-    if a.shape != b.shape:
-        raise ValueError(f"paired_distances needs two (N, D) arrays of one shape, got "
-                         f"{tuple(a.shape)} and {tuple(b.shape)}")
-    if metric == "cosine":
-        return 1.0 - (a * b).sum(1)
-    dist = ((a * a).sum(1) + (b * b).sum(1) - 2.0 * (a * b).sum(1)).clamp_(min=0.0)
-    return dist.sqrt_() if metric == "euclidean" else dist
-
-
-def default_block_rows(num_columns):
+def _default_block_rows(num_columns):
     """Rows of a block of about 16 million distances (at least one row)."""
     return max(1, _BLOCK_ENTRIES // max(num_columns, 1))
 
@@ -86,19 +71,17 @@ def prepare_features(query, gallery, metric):
 
 def _blocks(q, g, metric, block_size):
     """(start, (B, G) float32 tensor) for each block of query rows."""
-    rows = block_size or default_block_rows(g.shape[0])
+    rows = block_size or _default_block_rows(g.shape[0])
     g_sq = None if metric == "cosine" else (g * g).sum(1)[None, :]
     for start in range(0, q.shape[0], rows):
-        yield start, distance_block(q[start:start + rows], g, metric, g_sq)
+        yield start, _distance_block(q[start:start + rows], g, metric, g_sq)
 
 
-def distance_block(query, gallery, metric, gallery_sq=None):
+def _distance_block(query, gallery, metric, gallery_sq):
     """The (B, G) float32 tensor of distances between two float32 tensors, already normalised
-    for ``"cosine"``; ``gallery_sq`` is ``(gallery ** 2).sum(1)[None, :]`` when known."""
+    for ``"cosine"``; ``gallery_sq`` is ``(gallery ** 2).sum(1)[None, :]`` (None for cosine)."""
     if metric == "cosine":
         return 1.0 - query @ gallery.T
-    if gallery_sq is None:
-        gallery_sq = (gallery * gallery).sum(1)[None, :]
     dist = torch.addmm(gallery_sq + (query * query).sum(1, keepdim=True), query, gallery.T,
                        beta=1.0, alpha=-2.0).clamp_(min=0.0)
     return dist.sqrt_() if metric == "euclidean" else dist
@@ -122,7 +105,7 @@ def smallest_per_row(rows, k):
     num_cols = rows.shape[1]
     k = min(k, num_cols)
     values, index = torch.topk(rows, min(k + 1, num_cols), dim=1, largest=False, sorted=False)
-    values, index = sorted_by_value_then_index(values.numpy(), index.numpy())
+    values, index = _sorted_by_value_then_index(values.numpy(), index.numpy())
     if num_cols > k:
         tied = np.flatnonzero(values[:, k] == values[:, k - 1])
         if len(tied):
@@ -132,7 +115,7 @@ def smallest_per_row(rows, k):
     return values[:, :k], index[:, :k]
 
 
-def sorted_by_value_then_index(values, index):
+def _sorted_by_value_then_index(values, index):
     """(values, index) with each row reordered ascending by value, equal values by index."""
     order = np.lexsort((index, values), axis=1)
     return np.take_along_axis(values, order, axis=1), np.take_along_axis(index, order, axis=1)

@@ -37,15 +37,15 @@ import numpy as np
 import scipy.sparse
 import torch
 
-from common.eval.distance import (distance_block, paired_distances, prepare_features,
-                                  smallest_per_row)
+from common.eval.distance import prepare_features, smallest_per_row
 
 __all__ = ["re_ranked_blocks", "re_ranking", "re_ranking_features"]
 
 _ROW_BLOCK = 1024
 _TILE = 4096
 _PAIR_BLOCK = 8192
-_QUERY_BLOCK_ENTRIES = 1 << 22
+_QUERY_BLOCK_ENTRIES = 1 << 22     # dense Jaccard block: query rows x gallery
+_OVERLAP_TERMS = 1 << 21           # min(V[i, k], V[j, k]) terms summed at once
 
 
 def re_ranking(q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6, lambda_value=0.3):
@@ -138,11 +138,19 @@ def _re_ranked(base, k1, k2, lambda_value):
             shape=(num_all, num_all))
         v = (expansion @ v).tocsr()
     v_gallery = v[num_q:].tocsc()
-    for a, b in _blocks(num_q, max(1, _QUERY_BLOCK_ENTRIES // num_g)):
+    for a, b in _query_blocks(v[:num_q], v_gallery):
+        # (1 - lambda) * (1 - m / (2 - m)) + lambda * original, in place, in the reference's
+        # precision (float64 Jaccard, float32 original distance)
         overlap = _min_overlap(v[a:b], v_gallery, num_g)
-        jaccard = 1.0 - overlap / (2.0 - overlap)
-        original = base.squared_query_gallery(a, b) / row_max[a:b, None]
-        yield a, (jaccard * (1 - lambda_value) + original * lambda_value).astype(np.float32)
+        jaccard = np.subtract(2.0, overlap)
+        np.divide(overlap, jaccard, out=jaccard)
+        np.subtract(1.0, jaccard, out=jaccard)
+        jaccard *= 1 - lambda_value
+        original = base.squared_query_gallery(a, b)
+        original /= row_max[a:b, None]
+        original *= lambda_value
+        jaccard += original
+        yield a, jaccard.astype(np.float32)
 
 
 class _MatrixBase:
@@ -200,19 +208,31 @@ class _MatrixBase:
 
 class _FeatureBase:
     """The base distance of :func:`re_ranking_features`: the square of the metric's distance
-    between the stacked features (the squared L2 distance itself for ``"euclidean"``)."""
+    between the stacked features (the squared L2 distance itself for ``"euclidean"``), from
+    ``||x||^2 + ||y||^2 - 2 x.y`` clamped at 0, or ``1 - x.y`` for ``"cosine"`` (features already
+    normalised). Tiles are written into one reused buffer."""
 
     def __init__(self, q, g, metric):
         self.features = torch.cat([q, g])
         self.num_q, self.num_all = len(q), len(q) + len(g)
-        self.metric = "sqeuclidean" if metric == "euclidean" else metric
+        self.cosine = metric == "cosine"
         self.square = metric != "euclidean"
-        self.norms = None if self.metric == "cosine" else (self.features ** 2).sum(1)[None, :]
+        self.norms = (self.features * self.features).sum(1)
+        self._buffer = torch.empty(0)
 
-    def _distances(self, rows, cols):
-        norms = None if self.norms is None else self.norms[:, cols]
-        dist = distance_block(self.features[rows], self.features[cols], self.metric, norms)
-        return dist.square_() if self.square else dist
+    def _tile(self, rows, cols):
+        """(rows, cols) block of the base distance (slices), a view of the reused buffer."""
+        x = self.features
+        size = (rows.stop - rows.start, cols.stop - cols.start)
+        if self._buffer.numel() < size[0] * size[1]:
+            self._buffer = torch.empty(size[0] * size[1])
+        out = self._buffer[:size[0] * size[1]].view(size)
+        if self.cosine:
+            torch.mm(x[rows], x[cols].T, out=out).neg_().add_(1.0)
+        else:
+            torch.addmm(self.norms[None, cols], x[rows], x[cols].T, beta=1.0, alpha=-2.0, out=out)
+            out.add_(self.norms[rows, None]).clamp_(min=0.0)
+        return out.square_() if self.square else out
 
     def neighbours(self, k):
         """Like :meth:`_MatrixBase.neighbours`, ranked before the row division.
@@ -227,28 +247,31 @@ class _FeatureBase:
         row_max = np.zeros(n, np.float32)
         tiles = _blocks(n, _TILE)
         for a, b in tiles:
-            tile = self._distances(slice(a, b), slice(a, b)).numpy()
+            tile = self._tile(slice(a, b), slice(a, b)).numpy()
             row_max[a:b] = tile.max(axis=1)
             lists.start(a, *smallest_per_row(tile, k))
         for i, (a, b) in enumerate(tiles):
             for c, d in tiles[i + 1:]:
-                tile = self._distances(slice(a, b), slice(c, d)).numpy()
+                tile = self._tile(slice(a, b), slice(c, d)).numpy()
                 np.maximum(row_max[a:b], tile.max(axis=1), out=row_max[a:b])
                 np.maximum(row_max[c:d], tile.max(axis=0), out=row_max[c:d])
                 lists.offer_tile(a, c, tile)
-                lists.offer_tile(c, a, tile.T)
         return lists.index, np.where(row_max > 0, row_max, np.float32(1.0))
 
     def squared_pairs(self, rows, cols):
         out = np.empty(len(rows), np.float32)
         for a, b in _blocks(len(rows), _PAIR_BLOCK):
-            dist = paired_distances(self.features[torch.from_numpy(rows[a:b])],
-                                    self.features[torch.from_numpy(cols[a:b])], self.metric)
+            i, j = torch.from_numpy(rows[a:b]), torch.from_numpy(cols[a:b])
+            dot = (self.features[i] * self.features[j]).sum(1)
+            if self.cosine:
+                dist = 1.0 - dot
+            else:
+                dist = (self.norms[i] + self.norms[j] - 2.0 * dot).clamp_(min=0.0)
             out[a:b] = (dist.square_() if self.square else dist).numpy()
         return out
 
     def squared_query_gallery(self, start, stop):
-        return self._distances(slice(start, stop), slice(self.num_q, self.num_all)).numpy()
+        return self._tile(slice(start, stop), slice(self.num_q, self.num_all)).numpy().copy()
 
 
 class _NeighbourLists:
@@ -268,13 +291,19 @@ class _NeighbourLists:
         self.value[rows, :width], self.index[rows, :width] = values, index + row_start
 
     def offer_tile(self, row_start, col_start, tile):
-        """Merges the entries of ``tile`` (rows and columns from the given starts) that are not
-        above their row's current k-th value."""
-        kth = self.value[row_start:row_start + tile.shape[0], -1]
-        local_row, local_col = np.nonzero(tile <= kth[:, None])
-        if len(local_row) == 0:
-            return
-        self._merge(local_row + row_start, local_col + col_start, tile[local_row, local_col])
+        """Merges the entries of ``tile`` (rows from ``row_start``, columns from ``col_start``)
+        into the lists of its rows and, by symmetry, of its columns, where they are not above
+        that list's current k-th value."""
+        num_rows, num_cols = tile.shape
+        row_kth = self.value[row_start:row_start + num_rows, -1]
+        col_kth = self.value[col_start:col_start + num_cols, -1]
+        for kth, by_row in ((row_kth[:, None], True), (col_kth[None, :], False)):
+            flat = np.flatnonzero(tile <= kth)
+            if len(flat) == 0:
+                continue
+            local_row, local_col = np.divmod(flat, num_cols)
+            rows, cols = local_row + row_start, local_col + col_start
+            self._merge(*((rows, cols) if by_row else (cols, rows)), tile.ravel()[flat])
 
     def _merge(self, rows, cols, values):
         touched = np.unique(rows)
@@ -332,6 +361,24 @@ def _encode(base, initial_rank, row_max, k1):
     return scipy.sparse.csr_matrix(
         (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
         shape=(num_all, num_all))
+
+
+def _query_blocks(v_queries, v_gallery_csc):
+    """Consecutive query blocks, each with at most _QUERY_BLOCK_ENTRIES Jaccard distances and
+    (unless one query alone has more) _OVERLAP_TERMS terms in its overlap sums."""
+    num_q, num_g = v_queries.shape[0], v_gallery_csc.shape[0]
+    column_size = np.diff(v_gallery_csc.indptr)
+    terms = np.zeros(num_q, np.int64)
+    np.add.at(terms, np.repeat(np.arange(num_q), np.diff(v_queries.indptr)),
+              column_size[v_queries.indices])
+    max_rows = max(1, _QUERY_BLOCK_ENTRIES // num_g)
+    blocks, start = [], 0
+    while start < num_q:
+        within = np.searchsorted(np.cumsum(terms[start:start + max_rows]), _OVERLAP_TERMS, "right")
+        stop = start + max(1, int(within))
+        blocks.append((start, stop))
+        start = stop
+    return blocks
 
 
 def _min_overlap(v_rows, v_gallery_csc, num_g):

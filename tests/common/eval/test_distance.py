@@ -47,16 +47,6 @@ def test_distance_blocks_are_the_matrix_bit_for_bit():
         assert starts == [0, 5, 10, 15, 20]
 
 
-def test_paired_distances_are_the_diagonal():
-    from common.eval.distance import paired_distances
-    a, b = torch.randn(9, 6), torch.randn(9, 6)
-    for metric in ("euclidean", "sqeuclidean", "cosine"):
-        np.testing.assert_allclose(paired_distances(a, b, metric).numpy(),
-                                   np.diag(compute_distance_matrix(a, b, metric)), atol=1e-5)
-    with pytest.raises(ValueError, match="one shape"):
-        paired_distances(a, b[:3])
-
-
 def test_smallest_per_row_breaks_ties_by_index():
     from common.eval.distance import smallest_per_row
     rows = np.array([[1, 0, 1, 1, 2, 1], [5, 4, 3, 2, 1, 0]], np.float32)
