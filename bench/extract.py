@@ -12,8 +12,9 @@ statistics, and its feature is flip-averaged and L2-normalised exactly when the 
 evaluation does so (``bench.models.Retrieval``; ``--flip``/``--no-flip`` overrides).
 
 ``features.npz`` holds ``features`` (N x D float32), ``paths`` (the images, in the order of the
-rows), ``method`` and ``distance`` (the metric the method ranks with). To compare the first crop
-with all the others (smaller = more alike)::
+rows), ``method`` and ``distance`` (the metric the method ranks with). ``python -m bench.search
+--gallery G.npz --query Q.npz`` ranks one file's crops for each crop of another; to compare the
+first crop with all the others (smaller = more alike)::
 
     data = np.load("features.npz")
     dist = common.eval.compute_distance_matrix(data["features"][:1], data["features"][1:],

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["METRICS", "compute_distance_matrix", "distance_blocks", "smallest_per_row"]
+__all__ = ["METRICS", "compute_distance_matrix", "distance_blocks", "smallest_per_row",
+           "squared_norms"]
 
 METRICS = ("euclidean", "sqeuclidean", "cosine")
 
@@ -72,9 +73,15 @@ def prepare_features(query, gallery, metric):
 def _blocks(q, g, metric, block_size):
     """(start, (B, G) float32 tensor) for each block of query rows."""
     rows = block_size or _default_block_rows(g.shape[0])
-    g_sq = None if metric == "cosine" else (g * g).sum(1)[None, :]
+    g_sq = None if metric == "cosine" else squared_norms(g)[None, :]
     for start in range(0, q.shape[0], rows):
         yield start, _distance_block(q[start:start + rows], g, metric, g_sq)
+
+
+def squared_norms(features, rows=8192):
+    """``(features * features).sum(1)`` (same bits), without a temporary the size of
+    ``features``: a 2048-d MSMT17 gallery is 0.67 GB."""
+    return torch.cat([(chunk * chunk).sum(1) for chunk in features.split(rows)])
 
 
 def _distance_block(query, gallery, metric, gallery_sq):

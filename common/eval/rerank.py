@@ -37,7 +37,7 @@ import numpy as np
 import scipy.sparse
 import torch
 
-from common.eval.distance import prepare_features, smallest_per_row
+from common.eval.distance import prepare_features, smallest_per_row, squared_norms
 
 __all__ = ["re_ranked_blocks", "re_ranking", "re_ranking_features"]
 
@@ -217,7 +217,7 @@ class _FeatureBase:
         self.num_q, self.num_all = len(q), len(q) + len(g)
         self.cosine = metric == "cosine"
         self.square = metric != "euclidean"
-        self.norms = (self.features * self.features).sum(1)
+        self.norms = squared_norms(self.features)
         self._buffer = torch.empty(0)
 
     def _tile(self, rows, cols):
