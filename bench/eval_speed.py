@@ -17,7 +17,7 @@ Rows (labels from ``../shared/data/eval_reference`` where present; features are 
   untrained network, full of float32 ties) and on spread ones (the same directions scaled by
   random lengths in [0, 1)), ``evaluate_features`` against the same two calls as MARS; and
   ``re_ranking_features`` of all 93,820 MSMT17 samples (256-d clustered features), which the
-  dense path cannot take (its inputs alone would be about 35 GB).
+  dense path cannot take (its inputs alone would be about 31 GB).
 
 The large rows each run in a fresh Python process, which reports CPU time (user + system, all
 threads), wall time and peak resident memory (``VmHWM``, reset once the inputs are built) besides
@@ -287,7 +287,7 @@ def bench_msmt17_reranking(rows):
     above = ours["peak_memory_gb"] - ours["inputs_memory_gb"] - output_gb
     rows.append(row("re_ranking_features", "93820 samples (MSMT17), 256-d", ours,
                     notes=[f"{above:.2f} GB above the inputs and the {output_gb:.2f} GB output",
-                           "dense inputs would be 35 GB"]))
+                           "dense inputs would be 31 GB"]))
 
 
 def machine():
@@ -338,7 +338,8 @@ def main(argv=None):
                         help="add the MSMT17-scale rows (minutes of CPU and about 6 GB of memory)")
     target = parser.add_mutually_exclusive_group()
     target.add_argument("--update-committed", action="store_true",
-                        help=f"write {COMMITTED.relative_to(PROJECT_ROOT)} (else {LOCAL.relative_to(PROJECT_ROOT)})")
+                        help=f"write {COMMITTED.relative_to(PROJECT_ROOT)} "
+                             f"(else {LOCAL.relative_to(PROJECT_ROOT)})")
     target.add_argument("--out", type=Path, default=None, help="JSON output path")
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

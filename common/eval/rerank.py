@@ -11,9 +11,9 @@ Steps 1-8 of ``shared/specs/evaluation.md`` §2.3, over all N = Q + G samples, q
   ``"euclidean"``, the squared L2 distance, computed directly), so
   ``re_ranking_features(q, g, metric=m)`` equals
   ``re_ranking(*(compute_distance_matrix(a, b, m) for a, b in ((q, g), (q, q), (g, g))))``
-  up to float32 rounding of the distances. Its memory is O(N k1 k2) plus one block of distances:
-  no N x N or Q x Q matrix ever exists, and :func:`re_ranked_blocks` hands out the Q x G result a
-  block of queries at a time.
+  up to float32 rounding of the distances. Its memory is O(N k1 k2) plus one 4096 x 4096 tile of
+  distances and a copy of the stacked features: no N x N or Q x Q matrix ever exists, and
+  :func:`re_ranked_blocks` hands out the Q x G result a block of queries at a time.
 
 How the work is done, in both cases:
 

@@ -47,7 +47,8 @@ def test_re_ranked_equals_re_ranking_then_evaluate_rank(metric):
     np.testing.assert_array_equal(result["distmat"], reranked)
     assert_same_results(result, evaluate_rank(reranked, *labels))
     # and the same numbers as today's dense call on the three distance matrices
-    dense = re_ranking(*(compute_distance_matrix(a, b, metric) for a, b in ((q, g), (q, q), (g, g))))
+    pairs = ((q, g), (q, q), (g, g))
+    dense = re_ranking(*(compute_distance_matrix(a, b, metric) for a, b in pairs))
     assert result["mAP"] == pytest.approx(evaluate_rank(dense, *labels)["mAP"], abs=1e-6)
 
 

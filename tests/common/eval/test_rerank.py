@@ -119,3 +119,18 @@ def test_features_version_bad_inputs_and_empty_sets():
         re_ranking_features(np.zeros((2, 3)), np.zeros((4, 3)), metric="l1")
     assert re_ranking_features(np.zeros((0, 3)), np.ones((4, 3))).shape == (0, 4)
     assert re_ranking_features(np.ones((2, 3)), np.zeros((0, 3))).shape == (2, 0)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine"])
+def test_features_version_finds_the_dense_neighbour_lists(metric, monkeypatch):
+    # The exact k-NN from tiles (several, with candidates merged across them) equals the dense
+    # version's lists, here on features with exact ties (rounded) and without.
+    import common.eval.rerank as rerank
+    from common.eval.distance import prepare_features
+    monkeypatch.setattr(rerank, "_TILE", 64)
+    rng = np.random.default_rng(2)
+    for features in (rng.normal(size=(300, 8)), np.round(rng.normal(size=(300, 8)))):
+        q, g = features[:50].astype(np.float32), features[50:].astype(np.float32)
+        dense_lists, _ = rerank._MatrixBase(*split_distances_of(q, g, metric)).neighbours(21)
+        base = rerank._FeatureBase(*prepare_features(q, g, metric), metric)
+        np.testing.assert_array_equal(base.neighbours(21)[0], dense_lists)
