@@ -30,3 +30,14 @@ def eval_reference():
 @pytest.fixture
 def cuhk01_dev():
     return shared_data("cuhk01_dev")
+
+
+@pytest.fixture
+def mars_mini():
+    return shared_data("mars_mini")
+
+
+@pytest.fixture(scope="session")
+def mars_info():
+    """The official MARS protocol arrays (tracks_*_info.mat, query_IDX.mat)."""
+    return shared_data("eval_reference/mars_info")
