@@ -1,4 +1,5 @@
-"""Feature extraction for evaluation: flip averaging and optional L2 normalisation."""
+"""Feature extraction for evaluation: flip averaging and optional L2 normalisation; a tracklet's
+feature as the mean of its clip features (video re-ID)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-__all__ = ["extract_features"]
+__all__ = ["extract_features", "tracklet_features"]
 
 
 @torch.no_grad()
@@ -16,11 +17,12 @@ def extract_features(model, loader, device="cpu", flip=False, normalize=False, a
     """Runs ``model`` in eval mode over ``loader`` and returns ``(features, pids, camids)``.
 
     Args:
-        model: maps a (B, 3, H, W) batch to (B, D) features: an ``nn.Module`` (put in eval
-            mode for the call, then restored) or any callable, such as a loaded TorchScript or
-            ``torch.export`` file, used as it is.
-        loader: yields ``(images, pids, camids)`` batches (``common.data.ImageDataset``).
-        flip: average the features of each image and of its horizontal mirror.
+        model: maps a (B, 3, H, W) batch (or a (B, T, 3, H, W) batch of clips) to (B, D)
+            features: an ``nn.Module`` (put in eval mode for the call, then restored) or any
+            callable, such as a loaded TorchScript or ``torch.export`` file, used as it is.
+        loader: yields ``(images, pids, camids)`` batches (``common.data.ImageDataset``, or
+            ``common.data.ClipDataset`` for clips).
+        flip: average the features of each image and of its horizontal mirror (the last axis).
         normalize: L2-normalise each (flip-averaged) feature.
         amp: run the model under float16 autocast (CUDA only; ignored on the CPU).
         progress: show a tqdm bar.
@@ -50,7 +52,7 @@ def _extract(model, loader, device, flip, normalize, amp, progress, desc):
         with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
             out = model(images).float()
             if flip:
-                out = (out + model(torch.flip(images, dims=[3])).float()) / 2
+                out = (out + model(torch.flip(images, dims=[-1])).float()) / 2
         if normalize:
             out = F.normalize(out, dim=1)
         features.append(out.cpu())
@@ -62,3 +64,31 @@ def _extract(model, loader, device, flip, normalize, amp, progress, desc):
         return torch.zeros(0, 0), np.zeros(0, np.int64), np.zeros(0, np.int64)
     return (torch.cat(features), np.concatenate(pids).astype(np.int64),
             np.concatenate(camids).astype(np.int64))
+
+
+def tracklet_features(clip_features, tracklet_of_clip, num_tracklets=None):
+    """The feature of each tracklet: the mean of its clips' features.
+
+    Args:
+        clip_features: (N, D) tensor, one row per clip.
+        tracklet_of_clip: (N,) integers, the tracklet of each clip (``ClipDataset.tracklet_of_clip``).
+        num_tracklets: number of tracklets (default: the largest index + 1).
+
+    Returns:
+        (num_tracklets, D) float32 tensor. Raises ValueError when a tracklet has no clip.
+    """
+    index = torch.as_tensor(np.asarray(tracklet_of_clip), dtype=torch.int64)
+    if index.numel() != len(clip_features):
+        raise ValueError(f"{len(clip_features)} clip features but {index.numel()} tracklet "
+                         f"indices")
+    if num_tracklets is None:
+        num_tracklets = int(index.max()) + 1 if index.numel() else 0
+    if index.numel() and (index.min() < 0 or index.max() >= num_tracklets):
+        raise ValueError(f"tracklet indices must lie in 0..{num_tracklets - 1}")
+    counts = torch.bincount(index, minlength=num_tracklets)
+    if (counts == 0).any():
+        empty = torch.nonzero(counts == 0).flatten().tolist()
+        raise ValueError(f"tracklets {empty[:10]} have no clip; every tracklet needs one")
+    sums = torch.zeros(num_tracklets, clip_features.shape[1], dtype=torch.float32)
+    sums.index_add_(0, index, clip_features.float().cpu())
+    return sums / counts[:, None]
