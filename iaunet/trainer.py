@@ -43,6 +43,7 @@ from iaunet.loss import DISTANCES, IAUnetLoss
 from iaunet.masks import MaskedImageDataset, find_mask_folder
 from iaunet.model import build_model
 from iaunet.sampler import ChunkShuffleSampler
+from iaunet import video
 
 __all__ = ["ARCHS", "DATASET_NAMES", "OptionError", "TRAINING_STATE", "run"]
 
@@ -137,6 +138,9 @@ class Trainer:
 
     def test(self):
         args, model = self.args, unwrap_model(self.model)
+        if video.is_video(args):
+            return video.evaluate_tracklets(model, self.query_loader, self.gallery_loader, args,
+                                            self.device, progress=self.distributed.is_main)
         extract = dict(device=self.device, flip=args.flip_cnt == 2, normalize=False,
                        amp=args.amp, progress=self.distributed.is_main)
         qf, q_pids, q_camids = extract_features(model, self.query_loader, desc="query", **extract)
@@ -200,8 +204,10 @@ def write_results(path, kind, epoch, results):
 
 
 def check_options(args):
-    if args.dataset not in DATASET_NAMES:
-        raise OptionError(f"-d {args.dataset!r}: choose one of {', '.join(DATASET_NAMES)}")
+    if args.dataset not in DATASET_NAMES and not video.is_video(args):
+        raise OptionError(f"-d {args.dataset!r}: choose one of "
+                          f"{', '.join([*DATASET_NAMES, *video.VIDEO_DATASETS])}")
+    video.check_video_options(args)
     if args.arch not in ARCHS:
         raise OptionError(f"-a {args.arch!r}: choose IAUnet or IANet")
     if args.train_batch % args.num_instances:
@@ -241,13 +247,18 @@ def _run(args, distributed):
         if not isinstance(weights, dict) or "classifier.weight" not in weights:
             raise CheckpointError(f"--resume {resume} holds no IAUnet/IANet state_dict")
 
-    dataset = build_dataset(DATASET_NAMES[args.dataset], args.root)
+    dataset = (video.load_video_dataset(args) if video.is_video(args)
+               else build_dataset(DATASET_NAMES[args.dataset], args.root))
     log.info(dataset.summary())
-    loaders = build_loaders(args, dataset, distributed, pin_memory=device.type == "cuda")
+    loaders = (video.build_video_loaders if video.is_video(args) else build_loaders)(
+        args, dataset, distributed, pin_memory=device.type == "cuda")
     num_classes = (int(weights["classifier.weight"].shape[0]) if weights is not None
                    else dataset.num_train_pids)
-    options = {"input_size": (args.height, args.width)} if ARCHS[args.arch] == "ianet" else {}
-    model = build_model(num_classes, arch=ARCHS[args.arch],
+    arch = ARCHS[args.arch]
+    options = {"input_size": (args.height, args.width)} if arch == "ianet" else {}
+    if video.is_video(args):
+        arch, options = "iaunet_video", {"seq_len": args.seq_len}
+    model = build_model(num_classes, arch=arch,
                         pretrained=not args.no_pretrained and checkpoint is None,
                         weights_path=args.pretrained_path, **options).to(device)
     if weights is not None:

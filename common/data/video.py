@@ -69,8 +69,9 @@ class VideoReidDataset(ReidDataset):
         for subset in ("train", "query", "gallery"):
             tracklets = getattr(self, subset)
             frames = sum(len(t.paths) for t in tracklets)
-            lines.append(f"  {subset:<8} | {len({t.pid for t in tracklets}):5d} | "
-                         f"{len(tracklets):11d} | {frames:8d} | {len({t.camid for t in tracklets}):9d}")
+            ids, cameras = len({t.pid for t in tracklets}), len({t.camid for t in tracklets})
+            lines.append(f"  {subset:<8} | {ids:5d} | {len(tracklets):11d} | {frames:8d} | "
+                         f"{cameras:9d}")
         lines.append("  ------------------------------------------------------")
         lines += [f"  note: {note}" for note in self.notes]
         return "\n".join(lines)
@@ -203,7 +204,8 @@ def _mars_split_from_names(folder, split):
         groups[key].append((int(match.group(4)), str(path)))
     if bad:
         raise DatasetError(f"mars: {len(bad)} file name(s) in {frames} are not "
-                           f"'PPPPCcTttttFfff.jpg', e.g. {', '.join(bad[:5])}; rename or remove them")
+                           f"'PPPPCcTttttFfff.jpg', e.g. {', '.join(bad[:5])}; rename or remove "
+                           f"them")
     return [Tracklet(tuple(path for _, path in sorted(groups[key])), key[0], key[1] - 1)
             for key in sorted(groups)]
 
@@ -409,7 +411,8 @@ class ClipDataset(Dataset):
 
     def __init__(self, tracklets, seq_len, sampling, transform, stride=8):
         if sampling not in CLIP_SAMPLINGS:
-            raise ValueError(f"clip sampling {sampling!r}: choose one of {', '.join(CLIP_SAMPLINGS)}")
+            raise ValueError(f"clip sampling {sampling!r}: choose one of "
+                             f"{', '.join(CLIP_SAMPLINGS)}")
         if seq_len < 1 or stride < 1:
             raise ValueError(f"seq_len ({seq_len}) and stride ({stride}) must be >= 1")
         self.tracklets = list(tracklets)

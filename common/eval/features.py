@@ -71,7 +71,8 @@ def tracklet_features(clip_features, tracklet_of_clip, num_tracklets=None):
 
     Args:
         clip_features: (N, D) tensor, one row per clip.
-        tracklet_of_clip: (N,) integers, the tracklet of each clip (``ClipDataset.tracklet_of_clip``).
+        tracklet_of_clip: (N,) integers, the tracklet of each clip
+            (``common.data.ClipDataset.tracklet_of_clip``).
         num_tracklets: number of tracklets (default: the largest index + 1).
 
     Returns:
