@@ -9,11 +9,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from common.data import VideoReidDataset, load_mars
+from common.data import VideoReidDataset, load_mars, read_image
 from common.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from common.data.video import chunk_indices
 from common.eval import evaluate_rank
-from common.data.images import read_image
 from iaunet.main import main
 from iaunet.video import build_video_loaders, evaluate_tracklets
 

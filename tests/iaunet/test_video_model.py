@@ -5,8 +5,7 @@ import pytest
 import torch
 
 from iaunet.loss import IAUnetLoss
-from iaunet.model import IAU, IAU3D, build_model, stiau_blocked_edges
-from iaunet.model import EdgeWeights
+from iaunet.model import IAU, IAU3D, EdgeWeights, build_model, stiau_blocked_edges
 
 # IAUBlock3D's state_dict, in the order of its definition (models/IAU3D.py, models/STIAU.py)
 BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
