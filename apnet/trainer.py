@@ -329,6 +329,7 @@ def _run(cfg, test_only, resume, distributed):
         num_classes = dataset.num_train_pids
     pretrain = cfg.MODEL.PRETRAIN_PATH
     model = build_model(num_classes, level=cfg.APNET.LEVEL,
+                        agent=cfg.APNET.AGENT, input_size=tuple(cfg.INPUT.SIZE_TRAIN),
                         test_feature="logits" if cfg.APNET.MSMT else "bn",
                         order=cfg.APNET.ORDER, last_stride=cfg.MODEL.LAST_STRIDE,
                         stem_relu=cfg.MODEL.STEM_RELU,

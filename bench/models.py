@@ -44,7 +44,8 @@ class BenchMethod:
 
 
 # Each loader reads the class count (and for IAUnet/APNet the architecture) from the file;
-# ``options`` are the method's build_model keyword arguments for everything else.
+# ``options`` are the method's build_model keyword arguments for everything else (for APNet-S,
+# agent=rga_s, the input size it was built for when not 384x192: input_size=[H,W]).
 
 def _lagnet_fresh(options):
     from lagnet.model import build_model
@@ -120,12 +121,10 @@ def _apnet_fresh(options):
 
 
 def _apnet_load(path, options):
-    from apnet.model import build_model
+    from apnet.model import architecture_of, build_model
     state = _state_of(path, "model")
-    level = next((lvl for key, lvl in (("att_ss1.fc1.weight", 3), ("att_s1.fc1.weight", 2),
-                                       ("att1.fc.0.weight", 1)) if key in state), 0)
-    model = build_model(int(state["classifier.weight"].shape[0]), level=level, pretrained=False,
-                        **options)
+    model = build_model(int(state["classifier.weight"].shape[0]), pretrained=False,
+                        **{**architecture_of(state), **options})
     load_state_dict_checked(model, state, source=str(path))
     return model
 
