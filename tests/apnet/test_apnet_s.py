@@ -242,4 +242,4 @@ def test_bench_loads_an_apnet_s_checkpoint(tmp_path):
         torch.testing.assert_close(loaded(x), model(x))
     assert loaded.att1.agents[0].positions == 16 * 8  # the stem map of a 64x32 input
     with pytest.raises(BenchModelError, match="size mismatch.*--model-option"):
-        load_method_model("apnet", tmp_path / "apnet_s.pt")  # built for 384x192 by default
+        load_method_model("apnet", tmp_path / "apnet_s.pt", {"input_size": [128, 64]})
