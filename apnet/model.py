@@ -27,9 +27,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from common.checkpoint import load_state_dict_checked, read_state_dict
+from common.eval import Retrieval
 from common.layers.resnet import build_resnet50
 
-__all__ = ["APNet", "BN2d", "BoTResNet", "MAX_LEVEL", "SAMS", "SELayer", "build_model"]
+__all__ = ["APNet", "BN2d", "BoTResNet", "INPUT_SIZE", "MAX_LEVEL", "RETRIEVAL", "SAMS", "SELayer",
+           "build_model", "load_trained", "load_weights"]
+
+# What evaluation and deployment need (spec §6): the default.yml input size and the released
+# test convention: bilinear resize, the feature of the image plus that of its mirror,
+# L2-normalised, Euclidean distance.
+INPUT_SIZE = (384, 192)
+RETRIEVAL = Retrieval(interpolation="bilinear", flip=True, normalize=True, distance="euclidean")
 
 MAX_LEVEL = 3
 STAGE_CHANNELS = (64, 256, 512, 1024, 2048)
@@ -185,3 +194,26 @@ class APNet(nn.Module):
 def build_model(num_classes, **options):
     """An :class:`APNet`; ``options`` are its keyword arguments (defaults = ``configs/default.yml``)."""
     return APNet(num_classes, **options)
+
+
+def load_weights(model, state, source="weights"):
+    """Loads a state_dict strictly (every key and shape named on a mismatch)."""
+    return load_state_dict_checked(model, state, source=source,
+                                   hint=". Was it trained with the same APNET.LEVEL?")
+
+
+# A key that only exists from that pyramid level on (spec §7.1).
+LEVEL_KEYS = (("att_ss1.fc1.weight", 3), ("att_s1.fc1.weight", 2), ("att1.fc.0.weight", 1))
+
+
+def load_trained(path, **options):
+    """The network of a file written by ``apnet/main.py`` or the original (an ignite
+    ``*_checkpoint_*.pt``, a ``*_best.pt`` or a bare state_dict): the class count and the
+    pyramid level are read from the weights."""
+    state = read_state_dict(path, entries=("model", "state_dict"))[0]
+    level = next((lvl for key, lvl in LEVEL_KEYS if key in state), 0)
+    classifier = state.get("classifier.weight")
+    model = build_model(751 if classifier is None else int(classifier.shape[0]),
+                        **{"level": level, **options}, pretrained=False)
+    load_weights(model, state, source=str(path))
+    return model
