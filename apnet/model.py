@@ -35,10 +35,19 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from common.checkpoint import load_state_dict_checked, read_state_dict
+from common.eval import Retrieval
 from common.layers.resnet import build_resnet50
 
-__all__ = ["AGENTS", "APNet", "BN2d", "BoTResNet", "MAX_LEVEL", "RGASpatial", "SAMS", "SELayer",
-           "StripeAttention", "architecture_of", "build_model", "check_stripes", "stage_sizes"]
+__all__ = ["AGENTS", "APNet", "BN2d", "BoTResNet", "INPUT_SIZE", "MAX_LEVEL", "RETRIEVAL",
+           "RGASpatial", "SAMS", "SELayer", "StripeAttention", "architecture_of", "build_model",
+           "check_stripes", "load_trained", "load_weights", "stage_sizes"]
+
+# What evaluation and deployment need (spec §6): the default.yml input size and the released
+# test convention: bilinear resize, the feature of the image plus that of its mirror,
+# L2-normalised, Euclidean distance.
+INPUT_SIZE = (384, 192)
+RETRIEVAL = Retrieval(interpolation="bilinear", flip=True, normalize=True, distance="euclidean")
 
 MAX_LEVEL = 3
 STAGE_CHANNELS = (64, 256, 512, 1024, 2048)
@@ -347,3 +356,22 @@ def architecture_of(state_dict):
                   if any(key.startswith(prefix) for key in state_dict)), 0)
     agent = "rga_s" if any(".theta_spatial." in key for key in state_dict) else "se"
     return {"level": level, "agent": agent}
+
+
+def load_weights(model, state, source="weights"):
+    """Loads a state_dict strictly (every key and shape named on a mismatch)."""
+    return load_state_dict_checked(model, state, source=source,
+                                   hint=". Was it trained with the same APNET.LEVEL and APNET.AGENT?")
+
+
+def load_trained(path, **options):
+    """The network of a file written by ``apnet/main.py`` or the original (an ignite
+    ``*_checkpoint_*.pt``, a ``*_best.pt`` or a bare state_dict): the class count, the pyramid
+    level and the attention agent are read from the weights (an APNet-S trained at another
+    size than 384x192 also needs ``input_size=(H, W)`` in ``options``)."""
+    state = read_state_dict(path, entries=("model", "state_dict"))[0]
+    classifier = state.get("classifier.weight")
+    model = build_model(751 if classifier is None else int(classifier.shape[0]),
+                        **{**architecture_of(state), **options}, pretrained=False)
+    load_weights(model, state, source=str(path))
+    return model

@@ -34,3 +34,36 @@ def test_a_run_with_other_flags_loads_only_with_its_options(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(complete(images), trained(images))
         assert not torch.allclose(partial(images), trained(images))
+
+
+# Each method's trained-file layout: the entry its main.py writes the weights under.
+FILE_ENTRY = {"lagnet": None, "abdnet": "state_dict", "iabnet": "state_dict",
+              "iaunet": "state_dict", "apnet": "model"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", list(FILE_ENTRY))
+def test_module_prefixed_weights_load_everywhere_with_the_same_features(method, tmp_path):
+    """Weights saved from inside DataParallel / DDP (``module.`` keys): one reader for all."""
+    torch.manual_seed(0)
+    fresh = load_method_model(method)
+    images = torch.randn(2, 3, 64, 32)
+    files = {}
+    for name, prefix in (("plain", ""), ("prefixed", "module.")):
+        state = {prefix + key: value for key, value in fresh.state_dict().items()}
+        entry = FILE_ENTRY[method]
+        files[name] = tmp_path / f"{name}.pt"
+        torch.save(state if entry is None else {entry: state, "epoch": 3}, files[name])
+    with torch.no_grad():
+        expected = fresh(images)
+        for name, path in files.items():
+            torch.testing.assert_close(load_method_model(method, path)(images), expected,
+                                       msg=f"{method} {name}")
+
+
+def test_a_file_without_weights_is_named_without_unrelated_advice(tmp_path):
+    path = tmp_path / "notes.pt"
+    torch.save({"epoch": 3, "notes": "no weights"}, path)
+    with pytest.raises(BenchModelError, match="holds no state_dict") as error:
+        load_method_model("apnet", path)
+    assert "--model-option" not in str(error.value)
