@@ -7,7 +7,6 @@ import torch
 
 from apnet.model import (APNet, RGASpatial, StripeAttention, architecture_of, build_model,
                          stage_sizes)
-from bench.models import BenchModelError, load_method_model
 
 STAGE_CHANNELS = (64, 256, 512, 1024, 2048)
 
@@ -229,17 +228,3 @@ def test_wrong_sizes_and_agents_are_clear_errors():
         build_model(5, level=3, agent="rga_s", input_size=(96, 32), pretrained=False)
     with pytest.raises(ValueError, match="agent must be 'se'.*got 'rga'"):
         APNet(5, agent="rga", pretrained=False)
-
-
-def test_bench_loads_an_apnet_s_checkpoint(tmp_path):
-    torch.manual_seed(0)
-    model = build_model(7, level=2, agent="rga_s", input_size=(64, 32), pretrained=False).eval()
-    torch.save({"model": model.state_dict()}, tmp_path / "apnet_s.pt")
-    loaded = load_method_model("apnet", tmp_path / "apnet_s.pt", {"input_size": [64, 32]})
-    assert isinstance(loaded.att_s3, StripeAttention) and not loaded.training
-    x = torch.randn(1, 3, 64, 32)
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(x), model(x))
-    assert loaded.att1.agents[0].positions == 16 * 8  # the stem map of a 64x32 input
-    with pytest.raises(BenchModelError, match="size mismatch.*--model-option"):
-        load_method_model("apnet", tmp_path / "apnet_s.pt", {"input_size": [128, 64]})

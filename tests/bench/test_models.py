@@ -5,6 +5,8 @@ import pytest
 import torch
 
 from bench.models import BenchModelError, load_method_model, parse_model_options
+from apnet.model import StripeAttention
+from apnet.model import build_model as build_apnet
 from lagnet.model import build_model as build_lagnet
 
 
@@ -67,3 +69,17 @@ def test_a_file_without_weights_is_named_without_unrelated_advice(tmp_path):
     with pytest.raises(BenchModelError, match="holds no state_dict") as error:
         load_method_model("apnet", path)
     assert "--model-option" not in str(error.value)
+
+
+def test_bench_loads_an_apnet_s_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = build_apnet(7, level=2, agent="rga_s", input_size=(64, 32), pretrained=False).eval()
+    torch.save({"model": model.state_dict()}, tmp_path / "apnet_s.pt")
+    loaded = load_method_model("apnet", tmp_path / "apnet_s.pt", {"input_size": [64, 32]})
+    assert isinstance(loaded.att_s3, StripeAttention) and not loaded.training
+    x = torch.randn(1, 3, 64, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))
+    assert loaded.att1.agents[0].positions == 16 * 8  # the stem map of a 64x32 input
+    with pytest.raises(BenchModelError, match="shape mismatch.*--model-option"):
+        load_method_model("apnet", tmp_path / "apnet_s.pt", {"input_size": [128, 64]})
