@@ -24,10 +24,19 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from common.checkpoint import load_state_dict_checked, read_state_dict
+from common.eval import Retrieval
 from common.layers.resnet import build_resnet50
 
-__all__ = ["CIAU", "IABlock", "IANet", "IAU", "IAU3D", "IAUnet", "NUM_PARTS", "PARTS",
-           "VideoIAUnet", "build_model", "stiau_blocked_edges"]
+__all__ = ["CIAU", "IABlock", "IANet", "IAU", "IAU3D", "IAUnet", "INPUT_SIZE", "NUM_PARTS",
+           "PARTS", "RETRIEVAL", "VideoIAUnet", "build_model", "load_trained", "load_weights",
+           "stiau_blocked_edges"]
+
+# What evaluation and deployment need (spec §6): the README's input size and the released test
+# convention (--flip_cnt 1, --distance consine): bicubic resize, the post-BN feature as it is,
+# cosine distance.
+INPUT_SIZE = (256, 128)
+RETRIEVAL = Retrieval(interpolation="bicubic", flip=False, normalize=False, distance="cosine")
 
 PARTS = ("head", "upper", "lower", "shoes")
 NUM_PARTS = len(PARTS)
@@ -411,3 +420,22 @@ def build_model(num_classes, arch="iaunet", **options):
     if arch == "iaunet_video":
         return VideoIAUnet(num_classes, **options)
     raise ValueError(f"--arch {arch!r}: choose iaunet or ianet (images), iaunet_video (clips)")
+
+
+def load_weights(model, state, source="weights"):
+    """Loads a state_dict strictly (every key and shape named on a mismatch)."""
+    return load_state_dict_checked(model, state, source=source,
+                                   hint=". Was it trained with the same -a/--arch?")
+
+
+def load_trained(path, **options):
+    """The network of a file written by ``iaunet/main.py`` or the original code (a
+    ``checkpoint_ep*`` / ``best_model`` file, a training state or a bare state_dict): the class
+    count and the architecture (IAUnet or IANet) are read from the weights."""
+    state = read_state_dict(path)[0]
+    arch = "ianet" if "layer2.4.W1.weight" in state else "iaunet"
+    classifier = state.get("classifier.weight")
+    model = build_model(751 if classifier is None else int(classifier.shape[0]), arch=arch,
+                        pretrained=False, **options)
+    load_weights(model, state, source=str(path))
+    return model

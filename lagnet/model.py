@@ -27,11 +27,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.checkpoint import load_checkpoint, load_state_dict_checked
+from common.checkpoint import load_state_dict_checked, read_state_dict
+from common.eval import Retrieval
 from common.layers.resnet import build_resnet50, remove_stage_stride
 
-__all__ = ["FcWeight", "LAG", "LAGOutputs", "ORIGINAL_UNUSED_PREFIXES", "build_model",
-           "load_weights", "read_weights"]
+__all__ = ["FcWeight", "INPUT_SIZE", "LAG", "LAGOutputs", "ORIGINAL_UNUSED_PREFIXES", "RETRIEVAL",
+           "build_model", "load_trained", "load_weights", "read_weights"]
+
+# What evaluation and deployment need (spec §2, §6): the README's input size and the test
+# convention: bicubic resize, features of the image and its mirror summed then L2-normalised
+# (the same ranking as their mean), Euclidean distance.
+INPUT_SIZE = (384, 128)
+RETRIEVAL = Retrieval(interpolation="bicubic", flip=True, normalize=True, distance="euclidean")
 
 NUM_STREAM_CHANNELS = 2048
 NUM_PARTS = 3
@@ -228,20 +235,31 @@ def build_model(num_classes, **options):
 
 
 def read_weights(path):
-    """The model state_dict in ``path``: a plain state_dict (the original code's ``model_*.pt``,
-    with or without a ``module.`` prefix) or a training checkpoint of ours (its ``"model"``)."""
-    state = load_checkpoint(path)
-    if isinstance(state, dict) and "model" in state and "epoch" in state:
-        state = state["model"]
-    return {key.removeprefix("module."): value for key, value in state.items()}
+    """The model state_dict in ``path``: a plain state_dict (the original code's ``model_*.pt``)
+    or a training checkpoint of ours (its ``"model"``), with any ``module.`` prefix removed."""
+    return read_state_dict(path, entries=("model", "state_dict"))[0]
 
 
-def load_weights(model, state, source="weights"):
-    """Loads a :func:`read_weights` state_dict and returns the keys that were ignored.
+def load_weights(model, state, source="weights", new_classes_ok=False):
+    """Loads a :func:`read_weights` state_dict; returns the :class:`LoadReport`.
 
     Keys of the original's unused modules (:data:`ORIGINAL_UNUSED_PREFIXES`) are ignored and
-    returned; any other missing or unexpected key is a CheckpointError.
+    listed in it; with ``new_classes_ok`` (fine-tuning) classifiers of another class count are
+    re-initialised and listed; any other missing, unexpected or mis-shaped key is a
+    CheckpointError that names it.
     """
     return load_state_dict_checked(
         model, state, ignore_unexpected=ORIGINAL_UNUSED_PREFIXES, source=source,
+        new_classes_ok=new_classes_ok,
         hint=". Is it a LAG-Net checkpoint built with the same --feats?")
+
+
+def load_trained(path, **options):
+    """The network of a file written by ``lagnet/main.py`` or the original code: the class count
+    is read from the weights; ``options`` are the architecture flags the run used."""
+    state = read_weights(path)
+    classifier = state.get("classifier_gs.classifier.0.weight")
+    model = build_model(751 if classifier is None else int(classifier.shape[0]), pretrained=False,
+                        **options)
+    load_weights(model, state, source=str(path))
+    return model

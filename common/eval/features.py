@@ -3,12 +3,38 @@ feature as the mean of its clip features (video re-ID)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-__all__ = ["extract_features", "tracklet_features"]
+__all__ = ["NonFiniteFeaturesError", "Retrieval", "extract_features", "tracklet_features"]
+
+
+class NonFiniteFeaturesError(ValueError):
+    """The network produced NaN or infinite features (diverged or corrupt weights)."""
+
+
+@dataclass(frozen=True)
+class Retrieval:
+    """How a method's evaluation makes and compares features (each method's ``model.py``
+    states its README convention; its ``main.py`` flags may change it).
+
+    Attributes:
+        interpolation: of the test-time resize to the input size, "bilinear" or "bicubic".
+        flip: average the features of the image and of its mirror.
+        normalize: L2-normalise the (averaged) feature.
+        distance: a :func:`common.eval.compute_distance_matrix` metric.
+        protocol: a :func:`common.eval.evaluate_rank` protocol.
+    """
+
+    interpolation: str
+    flip: bool
+    normalize: bool
+    distance: str
+    protocol: str = "standard"
 
 
 @torch.no_grad()
@@ -29,6 +55,9 @@ def extract_features(model, loader, device="cpu", flip=False, normalize=False, a
 
     Returns:
         features as a float32 CPU tensor (N, D), pids and camids as int64 numpy arrays.
+
+    Raises:
+        NonFiniteFeaturesError: a feature holds NaN or an infinity.
 
     The global torch generator is left as it was (iterating a DataLoader draws from it), so a
     training run does not depend on when it is evaluated: an interrupted run resumed from a
@@ -62,8 +91,12 @@ def _extract(model, loader, device, flip, normalize, amp, progress, desc):
         model.train(was_training)
     if not features:
         return torch.zeros(0, 0), np.zeros(0, np.int64), np.zeros(0, np.int64)
-    return (torch.cat(features), np.concatenate(pids).astype(np.int64),
-            np.concatenate(camids).astype(np.int64))
+    features = torch.cat(features)
+    bad = int((~torch.isfinite(features).all(dim=1)).sum())
+    if bad:
+        raise NonFiniteFeaturesError(f"the network produced non-finite (NaN or infinite) features "
+                                     f"for {bad} of {len(features)} {desc} images")
+    return features, np.concatenate(pids).astype(np.int64), np.concatenate(camids).astype(np.int64)
 
 
 def tracklet_features(clip_features, tracklet_of_clip, num_tracklets=None):

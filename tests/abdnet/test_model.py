@@ -118,7 +118,8 @@ def test_released_checkpoint_format_loads_with_numpy_rank1(tmp_path):
                 "epoch": 79}, tmp_path / "checkpoint_best.pth.tar")
     target = build_model(10, pretrained=False, abd_dan=("pam",))
     info = load_released_checkpoint(target, tmp_path / "checkpoint_best.pth.tar")
-    assert info == {"rank1": pytest.approx(0.956), "epoch": 79}
+    assert info == {"rank1": pytest.approx(0.956), "epoch": 79, "reinitialized": [],
+                    "class_counts": None}
     assert torch.equal(target.state_dict()["branches.1.1.sum_conv.1.weight"],
                        source.state_dict()["branches.1.1.sum_conv.1.weight"])
     broken = {k: v for k, v in source.state_dict().items() if "pam_module" not in k}

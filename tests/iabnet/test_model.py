@@ -117,7 +117,7 @@ def test_tiny_input_trace_export_and_released_layout(tmp_path):
     torch.save({"state_dict": swapped, "rank1": 0.8988, "epoch": 19}, tmp_path / "best.pth.tar")
     target = build_model(10, pretrained=False)
     assert load_released_checkpoint(target, tmp_path / "best.pth.tar") == {
-        "rank1": pytest.approx(0.8988), "epoch": 19}
+        "rank1": pytest.approx(0.8988), "epoch": 19, "reinitialized": [], "class_counts": None}
     assert all(torch.equal(target.state_dict()[k], v) for k, v in model.state_dict().items())
     # the bottleneck attention named cbam, as a sibling file of the original names it
     cbam = {k.replace(".coab.", ".cbam."): v for k, v in swapped.items()}

@@ -72,7 +72,7 @@ def test_video_user_errors(mars_mini, tmp_path):
 def test_train_then_evaluate_on_mars_mini(mars_mini, tmp_path, capsys):
     run = tmp_path / "run"
     main(["--root", str(mars_mini), *TINY, "--max-epoch", "1", "--save-dir", str(run)])
-    assert "IAUnet best rank-1 at epoch 1" in capsys.readouterr().out
+    assert "IAUnet (best, epoch 1" in capsys.readouterr().out
     log = (run / "log_train.txt").read_text()
     assert "tracklets from the file names" in log and "WITHOUT the mask loss" in log
     assert "36 query x 64 gallery tracklets" in log
@@ -81,10 +81,10 @@ def test_train_then_evaluate_on_mars_mini(mars_mini, tmp_path, capsys):
     best = torch.load(run / "best_model.pth.tar", weights_only=True)
     assert set(best) == {"state_dict", "rank1", "epoch"} and len(best["state_dict"]) == 399
     assert best["state_dict"]["IAU2.SA.conv.conv.weight"].shape == (4, 512, 1, 1, 1)
-    trained = json.loads((run / "results_best.json").read_text())["results"]
+    trained = json.loads((run / "results_best.json").read_text())["targets"]["mars"]
     assert trained["num_queries"] == trained["num_valid_queries"] == 36
     main(["--root", str(mars_mini), *TINY, "--save-dir", str(tmp_path / "test"), "--evaluate",
           "--resume", str(run / "best_model.pth.tar")])
-    tested = json.loads((tmp_path / "test/results_test.json").read_text())["results"]
+    tested = json.loads((tmp_path / "test/results_evaluate.json").read_text())["targets"]["mars"]
     assert tested["rank1"] == pytest.approx(trained["rank1"])
     assert tested["mAP"] == pytest.approx(trained["mAP"])

@@ -209,7 +209,7 @@ def test_original_checkpoint_loads_with_unused_keys_reported(tiny_models, tmp_pa
     state["reduction_5.0.weight"] = torch.zeros(256, 2048, 1, 1)
     torch.save(state, tmp_path / "model_best.pt")
     ignored = load_weights(build_model(10, pretrained=False),
-                           read_weights(tmp_path / "model_best.pt"))
+                           read_weights(tmp_path / "model_best.pt")).ignored
     assert sorted(ignored) == ["channel_attention.fc.0.weight", "reduction_5.0.weight",
                                "test.fc.weight"]
     assert all(key.startswith(ORIGINAL_UNUSED_PREFIXES) for key in ignored)
