@@ -7,7 +7,7 @@ README's architecture flags (``--shallow-cam --abd-dan cam pam --abd-np 2``), re
 The released code orders its two branches by iterating a ``frozenset``, so the order (and with it
 the state_dict prefixes and the layout of the 3,072-d feature) changes with ``PYTHONHASHSEED``
 (§2.7). Here the order is fixed: ``branches.0`` is the global branch, ``branches.1`` the attentive
-branch. ``common.torchreid2018.released`` reads original checkpoints and moves their keys to this
+branch. ``abdnet.released`` reads original checkpoints and moves their keys to this
 order by looking at what each branch holds.
 
 The branches, the DANet modules and the O.F./O.W. regularisers are shared with IAB-Net and live in
@@ -22,8 +22,8 @@ from __future__ import annotations
 import torch.nn as nn
 
 from common.layers.danet import CAM
-from common.layers.two_branch import TwoBranchNet
-from common.torchreid2018.released import load_released_checkpoint, read_released_checkpoint
+from abdnet.two_branch import TwoBranchNet
+from abdnet.released import load_released_checkpoint, read_released_checkpoint
 from common.eval import Retrieval
 from common.layers.resnet import build_resnet50
 

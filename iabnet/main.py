@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import functools
 
-from common.torchreid2018.args import build_parser
-from common.torchreid2018.trainer import Method, run_command_line
+from abdnet.args import build_parser
+from abdnet.trainer import Method, run_command_line
 from iabnet.model import build_model, rename_original_keys
 
 # The guide documents --iab-* flags that the code never had; both spellings work here.

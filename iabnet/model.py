@@ -3,7 +3,7 @@
 
 Restated from the released code in ``../shared/specs/iabnet.md`` §3; section numbers below refer
 to that spec. The two branches (the global branch and the "CASA" branch, which is ABD-Net's
-attentive branch with CAM and PAM) come unchanged from ``common.layers.two_branch``; the global
+attentive branch with CAM and PAM) come unchanged from ``abdnet.two_branch``; the global
 branch is ``branches.0``, whatever order a released file has (§3.3).
 """
 
@@ -16,8 +16,8 @@ from torchvision.models.resnet import Bottleneck
 
 from common.eval import Retrieval
 from common.layers.resnet import build_resnet50
-from common.layers.two_branch import TwoBranchNet
-from common.torchreid2018.released import load_released_checkpoint, read_released_checkpoint
+from abdnet.two_branch import TwoBranchNet
+from abdnet.released import load_released_checkpoint, read_released_checkpoint
 
 __all__ = ["INPUT_SIZE", "RETRIEVAL", "load_trained", "COAB", "COABBottleneck", "ChannelGate", "IABNet", "SpatialGate", "build_model",
            "build_coab_resnet50", "init_like_original", "rename_original_keys"]

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from abdnet.model import build_model
-from common.layers.two_branch import remap_branch_order
+from abdnet.two_branch import remap_branch_order
 from common.checkpoint import CheckpointError
-from common.torchreid2018.released import load_released_checkpoint
+from abdnet.released import load_released_checkpoint
 
 
 def count(module):

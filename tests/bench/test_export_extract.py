@@ -118,7 +118,7 @@ def test_bad_inputs_are_named(tmp_path, capsys):
     assert "--checkpoint, --size and --model-option go with --method" in capsys.readouterr().err
 
 
-def _torchreid2018_evaluate(main, arch_flags):
+def _abdnet_style_evaluate(main, arch_flags):
     def evaluate(data, weights, save_dir):
         main(["-s", "market1501", "-t", "market1501", "--root", str(data), "--height", "64",
               "--width", "32", "--test-batch-size", "32", "--use-cpu", "-j", "0",
@@ -131,13 +131,13 @@ def _torchreid2018_evaluate(main, arch_flags):
 def _abdnet_evaluate(data, weights, save_dir):
     from abdnet.main import main
     flags = ["--abd-dan", "cam", "pam", "--abd-np", "2", "--shallow-cam"]  # the README's
-    return _torchreid2018_evaluate(main, flags)(data, weights, save_dir)
+    return _abdnet_style_evaluate(main, flags)(data, weights, save_dir)
 
 
 def _iabnet_evaluate(data, weights, save_dir):
     from iabnet.main import main
     flags = ["--iab-dan", "cam", "pam", "--iab-np", "2", "--shallow-cam"]  # the guide's
-    return _torchreid2018_evaluate(main, flags)(data, weights, save_dir)
+    return _abdnet_style_evaluate(main, flags)(data, weights, save_dir)
 
 
 def _iaunet_evaluate(data, weights, save_dir):

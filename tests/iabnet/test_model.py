@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from common.checkpoint import CheckpointError
-from common.torchreid2018.released import load_released_checkpoint, read_released_checkpoint
+from abdnet.released import load_released_checkpoint, read_released_checkpoint
 from iabnet.model import COAB, ChannelGate, SpatialGate, build_model, rename_original_keys
 
 

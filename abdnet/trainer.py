@@ -43,9 +43,9 @@ from common.eval import Retrieval, visualize_ranked_results
 from common.eval.report import read_run_results, write_run_results
 from common.files import atomic_write
 from common.runtime import OptionError, distributed_session, exit_on_user_error, step_scheduler
-from common.torchreid2018.args import data_augment_steps, model_options
-from common.torchreid2018.loss import ABDLoss
-from common.torchreid2018.released import load_released_checkpoint, read_released_checkpoint
+from abdnet.args import data_augment_steps, model_options
+from abdnet.loss import ABDLoss
+from abdnet.released import load_released_checkpoint, read_released_checkpoint
 
 __all__ = ["Method", "OPEN_LAYER_KEYWORDS", "OptionError", "TRAINING_STATE", "open_all_layers",
            "open_specified_layers", "run", "run_command_line"]

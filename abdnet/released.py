@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.checkpoint import load_state_dict_checked, read_state_dict
-from common.layers.two_branch import remap_branch_order
+from abdnet.two_branch import remap_branch_order
 
 __all__ = ["ReleasedCheckpoint", "load_released_checkpoint", "read_released_checkpoint"]
 
