@@ -42,6 +42,7 @@ from common.engine import Engine, EvalTarget, open_run
 from common.eval import Retrieval, visualize_ranked_results
 from common.eval.report import read_run_results, write_run_results
 from common.files import atomic_write
+from common.runrecord import adopt_recorded_flags, write_run_record
 from common.runtime import OptionError, distributed_session, exit_on_user_error, step_scheduler
 from abdnet.args import data_augment_steps, model_options
 from abdnet.loss import ABDLoss
@@ -365,6 +366,12 @@ def _run(args, method, context):
     if not args.evaluate and resume is None and state_path.exists():
         raise OptionError(f"{save_dir} already holds a run ({TRAINING_STATE}); continue it with "
                           f"--resume {state_path}, or pick another --save-dir")
+    if args.evaluate:
+        adopt_recorded_flags(args, args.load_weights or resume, getattr(args, "explicit", ()),
+                             ("height", "width"), lambda name: f"--{name}", OptionError)
+    elif context.is_main:
+        write_run_record(save_dir, method.name.lower().replace("-", ""), (args.height, args.width),
+                         "bilinear", flags={"height": args.height, "width": args.width})
     resume_state = load_checkpoint(resume) if resume is not None and not args.evaluate else None
     resumable = resume_state is not None and "optimizer" in resume_state
     weights = args.load_weights or ("" if resumable else args.resume)

@@ -15,6 +15,7 @@ Keys added here (not in the original) are marked "ours" below.
 
 from __future__ import annotations
 
+import argparse
 import ast
 import copy
 from pathlib import Path
@@ -22,6 +23,7 @@ from pathlib import Path
 import yaml
 
 from apnet.model import AGENTS, MAX_LEVEL, check_stripes
+from common.runrecord import adopt_recorded_flags
 from common.runtime import OptionError
 
 __all__ = ["ConfigError", "DEFAULTS", "load_config"]
@@ -156,6 +158,30 @@ def _flatten(mapping, prefix=""):
             yield from _flatten(value, f"{prefix}{key}.")
         else:
             yield f"{prefix}{key}", value
+
+
+# Keys that evaluating a run's weights needs and the weights do not show (written to run.json).
+RECORDED_KEYS = ("INPUT.SIZE_TRAIN", "INPUT.SIZE_TEST", "APNET.ORDER", "MODEL.STEM_RELU",
+                 "MODEL.LAST_STRIDE", "APNET.MSMT")
+
+
+def config_value(cfg, key):
+    """``cfg["INPUT"]["SIZE_TEST"]`` for ``"INPUT.SIZE_TEST"``."""
+    section, name = key.split(".")
+    return cfg[section][name]
+
+
+def with_recorded_keys(cfg, config_file, overrides):
+    """For ``--test``: :data:`RECORDED_KEYS` that the command line does not set are taken from
+    the ``run.json`` of the run that wrote ``TEST.WEIGHT``; one set differently is a
+    :class:`ConfigError`. Returns the configuration to evaluate with."""
+    values = argparse.Namespace(**{key: config_value(cfg, key) for key in RECORDED_KEYS})
+    adopted = adopt_recorded_flags(values, cfg.TEST.WEIGHT, set(overrides[0::2]), RECORDED_KEYS,
+                                   spell=str, error=ConfigError)
+    if not adopted:
+        return cfg
+    return load_config(config_file, [*overrides, *(item for pair in adopted.items()
+                                                    for item in pair)])
 
 
 def _decode(value):

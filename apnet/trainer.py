@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from apnet.config import RECORDED_KEYS, config_value
 from apnet.model import RETRIEVAL, build_model, load_weights
 from common.checkpoint import CheckpointError, read_state_dict
 from common.data import DATASETS, ImageDataset, RandomIdentitySampler, build_dataset
@@ -35,6 +36,7 @@ from common.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_test_trans
 from common.engine import Engine, EvalTarget, open_run
 from common.files import atomic_write
 from common.losses import CrossEntropyLabelSmooth, TripletLoss
+from common.runrecord import write_run_record
 from common.runtime import OptionError, distributed_session
 
 __all__ = ["APNetEngine", "DATASET_NAMES", "OptionError", "build_optimizer", "run",
@@ -213,6 +215,14 @@ class APNetEngine(Engine):
                 torch.save({"model": self.module.state_dict()}, handle)
 
 
+def model_options(cfg):
+    """``build_model`` keyword arguments from the configuration (besides the level, which the
+    weights show)."""
+    return {"agent": cfg.APNET.AGENT, "input_size": tuple(cfg.INPUT.SIZE_TRAIN),
+            "test_feature": "logits" if cfg.APNET.MSMT else "bn", "order": cfg.APNET.ORDER,
+            "last_stride": cfg.MODEL.LAST_STRIDE, "stem_relu": cfg.MODEL.STEM_RELU}
+
+
 def sorted_checkpoints(folder, prefix):
     """``<prefix>_checkpoint_<iteration>.pt`` files in ``folder``, oldest first."""
     pattern = re.compile(rf"^{re.escape(prefix)}_checkpoint_(\d+)\.pt$")
@@ -245,6 +255,10 @@ def _run(cfg, test_only, resume, context):
         raise CheckpointError(f"--resume: no {cfg.MODEL.NAME}_checkpoint_<iteration>.pt in "
                               f"{output_dir}")
 
+    if not test_only and context.is_main:
+        write_run_record(output_dir, "apnet", cfg.INPUT.SIZE_TEST, RETRIEVAL.interpolation,
+                         model_options=model_options(cfg),
+                         flags={key: config_value(cfg, key) for key in RECORDED_KEYS})
     dataset = load_dataset(cfg)
     log.info(dataset.summary())
     loaders = build_loaders(cfg, dataset, context.distributed, pin_memory=device.type == "cuda",
@@ -259,11 +273,7 @@ def _run(cfg, test_only, resume, context):
     else:
         num_classes = dataset.num_train_pids
     pretrain = cfg.MODEL.PRETRAIN_PATH
-    model = build_model(num_classes, level=cfg.APNET.LEVEL,
-                        agent=cfg.APNET.AGENT, input_size=tuple(cfg.INPUT.SIZE_TRAIN),
-                        test_feature="logits" if cfg.APNET.MSMT else "bn",
-                        order=cfg.APNET.ORDER, last_stride=cfg.MODEL.LAST_STRIDE,
-                        stem_relu=cfg.MODEL.STEM_RELU,
+    model = build_model(num_classes, level=cfg.APNET.LEVEL, **model_options(cfg),
                         pretrained=cfg.MODEL.PRETRAINED and weights is None and not resume,
                         weights_path=None if pretrain in ("", "RESNET_PATH") else pretrain)
     model.to(device)

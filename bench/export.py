@@ -36,7 +36,8 @@ from pathlib import Path
 import torch
 
 from bench.compile_speed import BACKENDS, parity
-from bench.models import BENCH_METHODS, BenchModelError, load_method_model, parse_model_options
+from bench.models import (BENCH_METHODS, BenchModelError, load_method_model, parse_model_options,
+                          trained_settings)
 from common.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from common.files import atomic_write
 
@@ -57,8 +58,8 @@ def export_method(name, out_dir, checkpoint=None, size=None, device="cpu", optio
     deploy record (the contents of ``deploy.json``)."""
     device = torch.device(device)
     method = BENCH_METHODS[name]
+    size, options = trained_settings(name, checkpoint, size, options)
     model = load_method_model(name, checkpoint, options).to(device)
-    size = tuple(size or method.input_size)
     generator = torch.Generator().manual_seed(0)
     batches = [torch.randn(n, 3, *size, generator=generator).to(device) for n in PARITY_IMAGES]
     with torch.no_grad():

@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 
 from bench.export import DEPLOY_FILE
 from bench.models import (BENCH_METHODS, BenchModelError, Retrieval, load_method_model,
-                          parse_model_options)
+                          parse_model_options, trained_settings)
 from common.data.dataset import IMAGE_EXTENSIONS, DatasetError, Sample, list_images
 from common.data.images import ImageDataset
 from common.data.transforms import build_test_transform
@@ -87,7 +87,7 @@ def load_eager(method, checkpoint=None, size=None, device="cpu", options=None):
     """Method ``method``'s network in PyTorch (fresh weights or ``checkpoint``'s), built with
     ``options`` (``bench.models.load_method_model``)."""
     spec = BENCH_METHODS[method]
-    height, width = size or spec.input_size
+    (height, width), options = trained_settings(method, checkpoint, size, options)
     network = load_method_model(method, checkpoint, options).to(device)
     return Extractor(network, method, height, width, spec.retrieval)
 

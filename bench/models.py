@@ -16,9 +16,10 @@ from pathlib import Path
 
 from common.checkpoint import CheckpointError
 from common.eval import Retrieval
+from common.runrecord import find_run_record
 
 __all__ = ["BENCH_METHODS", "BenchMethod", "BenchModelError", "Retrieval", "load_method_model",
-           "parse_model_options"]
+           "parse_model_options", "trained_settings"]
 
 
 class BenchModelError(ValueError):
@@ -54,6 +55,18 @@ def _bench_method(name):
 
 BENCH_METHODS = {name: _bench_method(name)
                  for name in ("lagnet", "abdnet", "iabnet", "iaunet", "apnet")}
+
+
+def trained_settings(name, checkpoint=None, size=None, options=None):
+    """``(input size, build_model options)`` to use for ``checkpoint``: those given, else the
+    ones its training run recorded in ``run.json`` (:mod:`common.runrecord`), else the README's.
+    A record of another method is ignored."""
+    size, options = (tuple(size) if size else None), dict(options or {})
+    _, record = find_run_record(checkpoint)
+    if record is not None and record.get("method") == name:
+        size = size or tuple(record["input_size"])
+        options = options or dict(record["model_options"])
+    return size or BENCH_METHODS[name].input_size, options
 
 
 def load_method_model(name, checkpoint=None, options=None):

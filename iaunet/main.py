@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from common.runrecord import parse_command_line
 from common.runtime import add_runtime_flags, exit_on_user_error
 from iaunet.trainer import ARCHS, DATASET_NAMES, run
 from iaunet.video import VIDEO_DATASETS, add_video_flags
@@ -66,7 +67,7 @@ def build_parser():
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args = parse_command_line(build_parser(), argv)
     if "LOCAL_RANK" not in os.environ:
         os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu_devices
     with exit_on_user_error("iaunet/main.py"):

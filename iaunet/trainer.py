@@ -31,6 +31,7 @@ from common.data.transforms import CIFAR_MEAN, build_test_transform, build_train
 from common.engine import Engine, EvalTarget, open_run
 from common.eval import Retrieval
 from common.files import atomic_write
+from common.runrecord import adopt_recorded_flags, write_run_record
 from common.runtime import OptionError, distributed_session, step_scheduler
 from iaunet.loss import DISTANCES, IAUnetLoss
 from iaunet.masks import MaskedImageDataset, find_mask_folder
@@ -180,6 +181,12 @@ def _run(args, context):
     if not args.evaluate and resume is None and state_path.exists():
         raise OptionError(f"{save_dir} already holds a run ({TRAINING_STATE}); continue it with "
                           f"--resume {state_path}, or pick another --save-dir")
+    if args.evaluate:
+        adopt_recorded_flags(args, resume, getattr(args, "explicit", ()), ("height", "width"),
+                             lambda name: f"--{name}", OptionError)
+    elif context.is_main:
+        write_run_record(save_dir, "iaunet", (args.height, args.width), "bicubic",
+                         flags={"height": args.height, "width": args.width})
     checkpoint = load_checkpoint(resume) if resume is not None else None
     exact_resume = checkpoint is not None and "optimizer" in checkpoint and not args.evaluate
     weights = None

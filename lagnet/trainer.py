@@ -22,6 +22,7 @@ from common.data import ImageDataset, build_dataset
 from common.data.transforms import build_test_transform, build_train_transform
 from common.engine import Engine, EvalTarget, open_run
 from common.files import atomic_write
+from common.runrecord import adopt_recorded_flags, write_run_record
 from common.runtime import OptionError, distributed_session
 from lagnet.loss import LAGLoss, parse_loss_string
 from lagnet.model import RETRIEVAL, build_model, load_weights, read_weights
@@ -35,6 +36,10 @@ EXPERIMENT_ROOT = Path("experiment")
 # The original's main loop counter starts at 200, so evaluation falls on epochs where
 # (200 + epoch) % test_every == 0 (spec §1, "Main loop").
 EVAL_COUNTER_START = 200
+
+# What evaluating the weights needs that they do not show (written to run.json): the input size
+# and the build_model options that change only the forward pass (--feats shows in the shapes).
+RECORDED_FLAGS = ("height", "width", "num_attentions", "part_split", "drop_pool")
 
 # --data_train / --data_test: the original's class name, or any of common/'s dataset names.
 DATASET_NAMES = {
@@ -272,9 +277,18 @@ def _run(args, context):
         log.warning(f"--resume -1: {folder} has {weights.name} but no {state_path.name}, so only "
                     f"the weights can be restored; training restarts at epoch 1 with a fresh "
                     f"optimizer, schedule and L2 centres")
+    if args.test_only:
+        adopt_recorded_flags(args, weights, getattr(args, "explicit", ()), RECORDED_FLAGS,
+                             lambda name: f"--{name}",
+                             OptionError)
+    elif distributed.is_main:
+        write_run_record(folder, "lagnet", (args.height, args.width), RETRIEVAL.interpolation,
+                         model_options={name: getattr(args, name) for name in RECORDED_FLAGS[2:]},
+                         flags={name: getattr(args, name) for name in RECORDED_FLAGS})
     if distributed.is_main:
         with atomic_write(folder / "config.txt", "w") as handle:
-            handle.writelines(f"{key}: {value}\n" for key, value in sorted(vars(args).items()))
+            handle.writelines(f"{key}: {value}\n" for key, value in sorted(vars(args).items())
+                              if key != "explicit")
 
     dataset, train_loader, query_loader, gallery_loader = load_data(args, distributed)
     log.info(dataset.summary())

@@ -127,3 +127,22 @@ def test_switches_and_re_ranking_reach_the_run(market_mini, in_tmp):
     assert json.loads((folder / "results_best.json").read_text())["re_rank"] is True
     config = (folder / "config.txt").read_text()
     assert "part_split: fixed" in config and "drop_pool: fixed" in config
+
+
+@pytest.mark.slow
+def test_evaluation_uses_the_input_size_the_run_recorded(market_mini, in_tmp):
+    """Trained at 64x32, evaluated with the README's test command (no size flags): the run's own
+    size is used, so the numbers are the training run's; a conflicting size is refused."""
+    main(tiny_argv(market_mini, "small", "--epochs", "2", "--test_every", "1"))
+    best = in_tmp / "experiment/small/model/model_best.pt"
+    trained = json.loads((in_tmp / "experiment/small/results_best.json").read_text())
+    readme_test = ["--datadir", str(market_mini), "--cpu", "--nThread", "0", "--test_only",
+                   "--pre_train", str(best), "--save", "check"]
+    main(readme_test)
+    tested = json.loads((in_tmp / "experiment/check/results_evaluate.json").read_text())
+    assert tested["targets"]["market1501"]["mAP"] == pytest.approx(
+        trained["targets"]["market1501"]["mAP"], abs=1e-6)
+    assert "--height 64, --width 32, --num_attentions 4" in (
+        in_tmp / "experiment/check/log.txt").read_text()
+    message = exit_message([*readme_test, "--height", "128", "--save", "conflict"])
+    assert "--height 128 but" in message and "was trained with 64" in message
