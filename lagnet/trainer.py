@@ -21,7 +21,8 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from common.checkpoint import CheckpointError, resume_from, save_checkpoint, unwrap_model
+from common.checkpoint import (CheckpointError, load_checkpoint, resume_from, save_checkpoint,
+                               unwrap_model)
 from common.data import ImageDataset, build_dataset
 from common.data.transforms import build_test_transform, build_train_transform
 from common.eval import compute_distance_matrix, evaluate_rank, extract_features, re_ranking
@@ -32,7 +33,7 @@ from common.runtime import (autocast, distributed_session, grad_scaler, optimize
                             OptionError, seed_everything, select_device, setup_logging,
                             step_scheduler)
 from lagnet.loss import LAGLoss, parse_loss_string
-from lagnet.model import build_model, load_weights, read_weights
+from lagnet.model import build_model, load_weights, read_weights, rename_legacy_stream_keys
 from lagnet.sampler import IdentityGroupSampler
 
 __all__ = ["DATASET_NAMES", "OptionError", "parse_decay_type", "run"]
@@ -262,8 +263,11 @@ class Trainer:
 
     def resume(self, path):
         """Continues the run saved in ``path`` (``training_state.pt``) exactly where it stopped."""
+        loaded = load_checkpoint(path, map_location=self.device)
+        if isinstance(loaded, dict) and isinstance(loaded.get("model"), dict):
+            loaded["model"] = rename_legacy_stream_keys(loaded["model"], source=str(path))
         checkpoint = resume_from(path, unwrap_model(self.model), self.optimizer, self.scheduler,
-                                 self.scaler, map_location=self.device)
+                                 self.scaler, map_location=self.device, loaded=loaded)
         self.criterion.load_state_dict(checkpoint["loss"])
         self.history.load_state_dict(checkpoint["history"])
         self.epoch = checkpoint["epoch"]
