@@ -235,8 +235,9 @@ def build_model(num_classes, **options):
     return LAG(num_classes, **options)
 
 
-# A key of a stream's layer3 block in the numbering of earlier versions (1-5; the original 0-4).
-LEGACY_CONV4_KEY = re.compile(r"^(global_stream|part_stream|la_stream)\.0\.([1-5])\.")
+STREAM_NAMES = ("global_stream", "part_stream", "la_stream")
+# "<stream>.0.<k>.": a key of the k-th layer3 block of a stream
+STREAM_BLOCK_KEY = re.compile(rf"^({'|'.join(STREAM_NAMES)})\.0\.(\d)\.")
 
 
 def rename_legacy_stream_keys(state, source="weights"):
@@ -244,15 +245,15 @@ def rename_legacy_stream_keys(state, source="weights"):
 
     Earlier versions of this project named each stream's five layer3 blocks ``<stream>.0.1`` to
     ``.0.5`` (the numbers slicing ``layer3[1:]`` keeps); the original, and this version, use
-    ``.0.0`` to ``.0.4``. A state_dict with a ``.0.5.`` stream key, which the original never has,
-    is in the old numbering: it is renamed, and a one-line warning naming ``source`` says so.
+    ``.0.0`` to ``.0.4``. A state_dict with a ``<stream>.0.5.`` key, which the original never
+    has, is in the old numbering: it is renamed, and a one-line warning naming ``source`` says so.
     Any other state_dict is returned unchanged.
     """
-    if not any(LEGACY_CONV4_KEY.match(key) and key.split(".")[2] == "5" for key in state):
+    if not any(key.startswith(f"{stream}.0.5.") for stream in STREAM_NAMES for key in state):
         return state
     log.warning(f"{source} uses the layer3 block numbering of earlier versions of this project "
                 f"(<stream>.0.1-5); renamed to the original's (<stream>.0.0-4)")
-    return {LEGACY_CONV4_KEY.sub(lambda m: f"{m[1]}.0.{int(m[2]) - 1}.", key): value
+    return {STREAM_BLOCK_KEY.sub(lambda m: f"{m[1]}.0.{int(m[2]) - 1}.", key): value
             for key, value in state.items()}
 
 
