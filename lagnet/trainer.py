@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from common.checkpoint import CheckpointError
+from common.checkpoint import CheckpointError, load_checkpoint
 from common.data import ImageDataset, build_dataset
 from common.data.transforms import build_test_transform, build_train_transform
 from common.engine import Engine, EvalTarget, open_run
@@ -25,7 +25,8 @@ from common.files import atomic_write
 from common.runrecord import adopt_recorded_flags, write_run_record
 from common.runtime import OptionError, distributed_session
 from lagnet.loss import LAGLoss, parse_loss_string
-from lagnet.model import RETRIEVAL, build_model, load_weights, read_weights
+from lagnet.model import (RETRIEVAL, build_model, load_weights, read_weights,
+                          rename_legacy_stream_keys)
 from lagnet.sampler import IdentityGroupSampler
 
 __all__ = ["DATASET_NAMES", "OptionError", "parse_decay_type", "run"]
@@ -209,6 +210,14 @@ class LAGNetEngine(Engine):
 
     def extra_state(self):
         return {"loss": self.criterion.state_dict()}
+
+    def resume(self, path, loaded=None):
+        """The engine's exact resume; a state of an earlier version of this project has its
+        layer3 block names renamed first (:func:`lagnet.model.rename_legacy_stream_keys`)."""
+        loaded = load_checkpoint(path, map_location=self.device) if loaded is None else loaded
+        if isinstance(loaded, dict) and isinstance(loaded.get("model"), dict):
+            loaded["model"] = rename_legacy_stream_keys(loaded["model"], source=str(path))
+        super().resume(path, loaded)
 
     def load_extra_state(self, checkpoint):
         self.criterion.load_state_dict(checkpoint["loss"])

@@ -1,6 +1,9 @@
 """bench/models.py: runs trained with non-README architecture flags load with --model-option,
 and a wrong one is an error that says so."""
 
+import logging
+import re
+
 import pytest
 import torch
 
@@ -83,3 +86,21 @@ def test_bench_loads_an_apnet_s_checkpoint(tmp_path):
     assert loaded.att1.agents[0].positions == 16 * 8  # the stem map of a 64x32 input
     with pytest.raises(BenchModelError, match="shape mismatch.*--model-option"):
         load_method_model("apnet", tmp_path / "apnet_s.pt", {"input_size": [128, 64]})
+
+
+@pytest.mark.slow
+def test_lagnet_weights_of_earlier_versions_load_renamed(tmp_path, caplog):
+    torch.manual_seed(0)
+    trained = build_lagnet(10, pretrained=False, num_attentions=4).eval()
+    # earlier versions of this project numbered each stream's layer3 blocks 1-5 (the original 0-4)
+    block = re.compile(r"^(global_stream|part_stream|la_stream)\.0\.(\d)\.")
+    legacy = {block.sub(lambda m: f"{m[1]}.0.{int(m[2]) + 1}.", key): value
+              for key, value in trained.state_dict().items()}
+    torch.save(legacy, tmp_path / "model_best.pt")
+    caplog.set_level(logging.WARNING, logger="lagnet")
+    loaded = load_method_model("lagnet", tmp_path / "model_best.pt", {"num_attentions": 4})
+    assert [record.getMessage().split(" uses ")[0] for record in caplog.records] == [
+        str(tmp_path / "model_best.pt")]
+    images = torch.randn(2, 3, 64, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images), trained(images))

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -59,9 +60,19 @@ def test_train_evaluate_resume_and_test_only(market_mini, in_tmp, capsys):
     # the model file is a plain state_dict, as the original writes it
     assert "classifier_gs.classifier.0.weight" in load_state(folder / "model/model_latest.pt")
 
-    # the same two epochs, interrupted after the first and resumed with --resume -1
+    # the same two epochs, interrupted after the first and resumed with --resume -1, from a
+    # training state written with the layer3 block names of earlier versions (.0.1-.0.5)
     main(tiny_argv(market_mini, "split", "--epochs", "2", "--test_every", "1"))
+    state_path = in_tmp / "experiment/split/training_state.pt"
+    training_state = load_state(state_path)
+    block = re.compile(r"^(global_stream|part_stream|la_stream)\.0\.(\d)\.")
+    training_state["model"] = {block.sub(lambda m: f"{m[1]}.0.{int(m[2]) + 1}.", key): value
+                               for key, value in training_state["model"].items()}
+    assert "la_stream.0.5.conv1.weight" in training_state["model"]
+    torch.save(training_state, state_path)
     main(tiny_argv(market_mini, "split", "--epochs", "3", "--test_every", "1", "--resume", "-1"))
+    log = (in_tmp / "experiment/split/log.txt").read_text()
+    assert "training_state.pt uses the layer3 block numbering of earlier versions" in log
     straight = load_state(folder / "model/model_latest.pt")
     resumed = load_state(in_tmp / "experiment/split/model/model_latest.pt")
     assert all(torch.equal(straight[key], resumed[key]) for key in straight)
