@@ -34,8 +34,8 @@ demo: $(STAMP)
 	$(PY) -m common.data.synthetic $(DEMO_DATA)
 	$(PY) lagnet/main.py $(DEMO_FLAGS) --test_only --reset --save demo_untrained
 	$(PY) lagnet/main.py $(DEMO_FLAGS) --reset --save demo
-	@$(PY) -c "import json; m = lambda p: json.load(open(p))['metrics']; \
-	u, t = m('experiment/demo_untrained/results_test_only.json'), m('experiment/demo/results_best.json'); \
+	@$(PY) -c "import json; m = lambda p: next(iter(json.load(open(p))['targets'].values())); \
+	u, t = m('experiment/demo_untrained/results_evaluate.json'), m('experiment/demo/results_best.json'); \
 	print(f\"demo: mAP {100 * u['mAP']:.1f}% untrained -> {100 * t['mAP']:.1f}% trained, \
 	rank-1 {100 * u['rank1']:.1f}% -> {100 * t['rank1']:.1f}%; plots and logs in experiment/demo/\")"
 

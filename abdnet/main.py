@@ -1,5 +1,5 @@
 """ABD-Net's command line: the original ``train.py`` with its ``args.py`` flags (spec §1); the
-flags, losses and training loop, shared with IAB-Net, are in ``common/torchreid2018/``.
+flags, losses and training loop, shared with IAB-Net, are in ``abdnet/``.
 
 The README's training command of the original, run unchanged (``path/to/dir`` is the output):
 
@@ -14,15 +14,16 @@ and its test: the same flags plus ``--evaluate --load-weights path/to/checkpoint
 
 from __future__ import annotations
 
+from abdnet.args import build_parser
 from abdnet.model import build_model
-from common.torchreid2018.args import build_parser
-from common.torchreid2018.trainer import Method, run_command_line
+from abdnet.trainer import Method, run_command_line
+from common.runrecord import parse_command_line
 
 ABD_NET = Method("ABD-Net", build_model)
 
 
 def main(argv=None):
-    args = build_parser("ABD-Net (ICCV 2019) for person re-ID").parse_args(argv)
+    args = parse_command_line(build_parser("ABD-Net (ICCV 2019) for person re-ID"), argv)
     run_command_line(args, ABD_NET, "abdnet/main.py")
 
 

@@ -7,7 +7,7 @@ README's architecture flags (``--shallow-cam --abd-dan cam pam --abd-np 2``), re
 The released code orders its two branches by iterating a ``frozenset``, so the order (and with it
 the state_dict prefixes and the layout of the 3,072-d feature) changes with ``PYTHONHASHSEED``
 (§2.7). Here the order is fixed: ``branches.0`` is the global branch, ``branches.1`` the attentive
-branch. ``common.torchreid2018.released`` reads original checkpoints and moves their keys to this
+branch. ``abdnet.released`` reads original checkpoints and moves their keys to this
 order by looking at what each branch holds.
 
 The branches, the DANet modules and the O.F./O.W. regularisers are shared with IAB-Net and live in
@@ -22,10 +22,18 @@ from __future__ import annotations
 import torch.nn as nn
 
 from common.layers.danet import CAM
-from common.layers.two_branch import TwoBranchNet
+from abdnet.two_branch import TwoBranchNet
+from abdnet.released import load_released_checkpoint, read_released_checkpoint
+from common.eval import Retrieval
 from common.layers.resnet import build_resnet50
 
-__all__ = ["ABDNet", "ShallowCAM", "build_model"]
+__all__ = ["INPUT_SIZE", "RETRIEVAL", "load_trained", "ABDNet", "ShallowCAM", "build_model"]
+
+# What evaluation and deployment need (README command): the input size and the test convention
+# with --flip-eval: bilinear resize, the mean of the image's and its mirror's 3,072-d feature, not
+# normalised, squared Euclidean distance.
+INPUT_SIZE = (384, 128)
+RETRIEVAL = Retrieval(interpolation="bilinear", flip=True, normalize=False, distance="sqeuclidean")
 
 
 class ShallowCAM(nn.Module):
@@ -66,3 +74,13 @@ class ABDNet(TwoBranchNet):
 def build_model(num_classes, **options):
     """An :class:`ABDNet`; ``options`` are its keyword arguments (defaults = the README's)."""
     return ABDNet(num_classes, **options)
+
+
+def load_trained(path, **options):
+    """The network of a file written by ``abdnet/main.py`` or the released code (``checkpoint_*``,
+    a training state or a bare state_dict, either branch order): the class count is read from
+    the weights; ``options`` are the architecture flags the run used."""
+    released = read_released_checkpoint(path)
+    model = build_model(released.num_classes or 751, pretrained=False, **options)
+    load_released_checkpoint(model, released)
+    return model

@@ -5,19 +5,25 @@ from the command line, as the original's yacs ``merge_from_file`` / ``merge_from
 As in yacs, a file or override may only set keys that exist, with a value of the key's type
 (a list for a tuple and back; an int where a float is expected); command-line values are read
 as Python literals (``APNET.LEVEL 1``, ``DATASETS.NAMES "('dukemtmc')"``) and otherwise kept as
-strings. Any other key or type is a :class:`ConfigError` naming the key and what it expects.
+strings. Any other key or type is a :class:`ConfigError` naming the key and what it expects, and
+so is an ``APNET.AGENT`` that cannot run: an unknown agent, or APNet-S (``rga_s``, built for one
+input size) with ``INPUT.SIZE_TEST`` other than ``INPUT.SIZE_TRAIN`` or with an input height whose
+stage maps do not split into the level's stripes.
 
 Keys added here (not in the original) are marked "ours" below.
 """
 
 from __future__ import annotations
 
+import argparse
 import ast
 import copy
 from pathlib import Path
 
 import yaml
 
+from apnet.model import AGENTS, MAX_LEVEL, check_stripes
+from common.runrecord import adopt_recorded_flags
 from common.runtime import OptionError
 
 __all__ = ["ConfigError", "DEFAULTS", "load_config"]
@@ -43,6 +49,7 @@ DEFAULTS = {
         "LEVEL": 0,
         "MSMT": False,  # test feature = the classifier's logits (CHENGY12's MSMT17 setting)
         "ORDER": "fine_to_coarse",  # ours: "coarse_to_fine" is the paper's Figure 2
+        "AGENT": "se",  # ours: "se" = the released APNet-C, "rga_s" = APNet-S (RGA-S on stripes)
     },
     "INPUT": {
         "SIZE_TRAIN": [384, 128],
@@ -123,7 +130,26 @@ def load_config(config_file=None, overrides=()):
         raise ConfigError(f"overrides come in KEY VALUE pairs; {overrides[-1]!r} has no value")
     for key, value in zip(overrides[0::2], overrides[1::2]):
         _set(config, key, _decode(value), source="the command line")
+    _check_agent(config)
     return _freeze(config)
+
+
+def _check_agent(config):
+    apnet, size = config["APNET"], config["INPUT"]["SIZE_TRAIN"]
+    if apnet["AGENT"] not in AGENTS:
+        raise ConfigError(f"APNET.AGENT {apnet['AGENT']!r}: use se (the released APNet-C) or "
+                          f"rga_s (APNet-S, RGA-S on horizontal stripes)")
+    if apnet["AGENT"] != "rga_s":
+        return
+    if list(config["INPUT"]["SIZE_TEST"]) != list(size):
+        raise ConfigError(f"APNET.AGENT rga_s needs INPUT.SIZE_TEST = INPUT.SIZE_TRAIN (RGA-S is "
+                          f"built for one number of positions), got {config['INPUT']['SIZE_TEST']} "
+                          f"and {size}")
+    if 0 <= apnet["LEVEL"] <= MAX_LEVEL:
+        try:
+            check_stripes(size, apnet["LEVEL"], config["MODEL"]["LAST_STRIDE"])
+        except ValueError as err:
+            raise ConfigError(f"INPUT.SIZE_TRAIN {size}: {err}") from None
 
 
 def _flatten(mapping, prefix=""):
@@ -132,6 +158,30 @@ def _flatten(mapping, prefix=""):
             yield from _flatten(value, f"{prefix}{key}.")
         else:
             yield f"{prefix}{key}", value
+
+
+# Keys that evaluating a run's weights needs and the weights do not show (written to run.json).
+RECORDED_KEYS = ("INPUT.SIZE_TRAIN", "INPUT.SIZE_TEST", "APNET.ORDER", "MODEL.STEM_RELU",
+                 "MODEL.LAST_STRIDE", "APNET.MSMT")
+
+
+def config_value(cfg, key):
+    """``cfg["INPUT"]["SIZE_TEST"]`` for ``"INPUT.SIZE_TEST"``."""
+    section, name = key.split(".")
+    return cfg[section][name]
+
+
+def with_recorded_keys(cfg, config_file, overrides):
+    """For ``--test``: :data:`RECORDED_KEYS` that the command line does not set are taken from
+    the ``run.json`` of the run that wrote ``TEST.WEIGHT``; one set differently is a
+    :class:`ConfigError`. Returns the configuration to evaluate with."""
+    values = argparse.Namespace(**{key: config_value(cfg, key) for key in RECORDED_KEYS})
+    adopted = adopt_recorded_flags(values, cfg.TEST.WEIGHT, set(overrides[0::2]), RECORDED_KEYS,
+                                   spell=str, error=ConfigError)
+    if not adopted:
+        return cfg
+    return load_config(config_file, [*overrides, *(item for pair in adopted.items()
+                                                    for item in pair)])
 
 
 def _decode(value):

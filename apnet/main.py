@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from apnet.config import load_config
+from apnet.config import load_config, with_recorded_keys
 from apnet.trainer import run
 from common.runtime import exit_on_user_error
 
@@ -31,6 +31,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     with exit_on_user_error("apnet/main.py"):
         cfg = load_config(args.config_file or None, args.opts)
+        if args.test:  # the input size and forward-only options the trained run recorded
+            cfg = with_recorded_keys(cfg, args.config_file or None, args.opts)
         run(cfg, test_only=args.test, resume=args.resume)
 
 

@@ -14,6 +14,14 @@ set also uses 3 groups, which no stage width divides); here level 3 adds the pap
 SAMS over 4 groups, before the level-2 set (a documented deviation). Levels above 3 are refused,
 as in the original.
 
+``agent="rga_s"`` builds APNet-S, the paper's spatial pyramid (its Figure 2), whose code was never
+released (spec §4.4; authors: the released pyramid with RGA-S as the attention agent). Level l
+splits the feature map into 2^(l-1) horizontal stripes, attends each stripe with its own RGA-S
+(:class:`RGASpatial`) and merges the stripes' attention maps back into one map of the whole
+height (:class:`StripeAttention`); the levels are stacked as the released code stacks APNet-C's
+(same order, same BatchNorm2d after each split level). How merge and stack are read is an
+interpretation, set out in ``README.md``.
+
 State_dict names follow the original, including its duplicate registration of the backbone as
 ``base`` and again as ``base_1`` ... ``base_5`` (the same tensors under two names), so files
 written by the original load unchanged.
@@ -27,12 +35,23 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from common.checkpoint import load_state_dict_checked, read_state_dict
+from common.eval import Retrieval
 from common.layers.resnet import build_resnet50
 
-__all__ = ["APNet", "BN2d", "BoTResNet", "MAX_LEVEL", "SAMS", "SELayer", "build_model"]
+__all__ = ["AGENTS", "APNet", "BN2d", "BoTResNet", "INPUT_SIZE", "MAX_LEVEL", "RETRIEVAL",
+           "RGASpatial", "SAMS", "SELayer", "StripeAttention", "architecture_of", "build_model",
+           "check_stripes", "load_trained", "load_weights", "stage_sizes"]
+
+# What evaluation and deployment need (spec §6): the default.yml input size and the released
+# test convention: bilinear resize, the feature of the image plus that of its mirror,
+# L2-normalised, Euclidean distance.
+INPUT_SIZE = (384, 192)
+RETRIEVAL = Retrieval(interpolation="bilinear", flip=True, normalize=True, distance="euclidean")
 
 MAX_LEVEL = 3
 STAGE_CHANNELS = (64, 256, 512, 1024, 2048)
+AGENTS = ("se", "rga_s")  # released APNet-C; APNet-S
 
 
 class SELayer(nn.Module):
@@ -93,6 +112,127 @@ class BN2d(nn.Module):
         return self.bottleneck2(x)
 
 
+def _embedding(in_channels, out_channels):
+    """1x1 conv (no bias) -> BatchNorm2d -> ReLU, RGA's embedding functions."""
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, bias=False),
+                         nn.BatchNorm2d(out_channels), nn.ReLU())
+
+
+class RGASpatial(nn.Module):
+    """Relation-aware global attention, spatial (RGA-S; Zhang et al., CVPR 2020), as the released
+    ``RGA_Module`` with ``use_spatial=True, use_channel=False`` computes it.
+
+    For x (B, C, H, W) with N = H W positions (row-major):
+
+    - theta, phi: 1x1 conv C -> C/8 + BN + ReLU; the relation r[i, j] = theta_i . phi_j (B, N, N);
+    - at position i the relation feature is [r[i, :], r[:, i]] (2N channels, outgoing first),
+      embedded by gg: 1x1 conv 2N -> N/8 + BN + ReLU;
+    - gx: 1x1 conv C -> C/8 + BN + ReLU, then the mean over its channels (1 channel);
+    - W: [gx, gg] (1 + N/8 channels) -> 1x1 conv to (1 + N/8)/8 + BN + ReLU -> 1x1 conv to 1 +
+      BN; the output is x * sigmoid(W) (the map broadcast over channels).
+
+    Ratios 8 / 8 / 8 are the released defaults (``cha_ratio``, ``spa_ratio``, ``down_ratio``),
+    integer division as released. Where the released formula gives a 0-wide layer (fewer than 8
+    positions for N/8, fewer than 56 for (1 + N/8)/8), which PyTorch cannot run, the width is 1
+    here. Initialisation: PyTorch's defaults (the released code applies none to these modules).
+    Submodule names are the released ones, so an RGA-S module's weights load unchanged.
+
+    Args:
+        channels: C.
+        positions: N, the number of positions the module is built for; the input must have it.
+    """
+
+    def __init__(self, channels, positions, channel_ratio=8, spatial_ratio=8, down_ratio=8):
+        super().__init__()
+        self.positions = positions
+        inter_channels = max(channels // channel_ratio, 1)
+        inter_positions = max(positions // spatial_ratio, 1)
+        hidden = max((1 + inter_positions) // down_ratio, 1)
+        self.theta_spatial = _embedding(channels, inter_channels)
+        self.phi_spatial = _embedding(channels, inter_channels)
+        self.gx_spatial = _embedding(channels, inter_channels)
+        self.gg_spatial = _embedding(2 * positions, inter_positions)
+        self.W_spatial = nn.Sequential(nn.Conv2d(1 + inter_positions, hidden, 1, bias=False),
+                                       nn.BatchNorm2d(hidden), nn.ReLU(),
+                                       nn.Conv2d(hidden, 1, 1, bias=False), nn.BatchNorm2d(1))
+
+    def attention_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The map sigmoid(W) of x (B, C, H, W): (B, 1, H, W), values in (0, 1)."""
+        b, _, h, w = x.shape
+        if not torch.jit.is_tracing() and h * w != self.positions:  # a trace has fixed sizes
+            raise ValueError(f"RGA-S was built for {self.positions} positions and got a {h}x{w} "
+                             f"map: APNet-S runs at the input size it was built for "
+                             f"(input_size, INPUT.SIZE_TRAIN)")
+        theta = self.theta_spatial(x).flatten(2)  # (B, C/8, N)
+        phi = self.phi_spatial(x).flatten(2)
+        relation = torch.bmm(theta.transpose(1, 2), phi)  # (B, N, N), r[i, j]
+        # channel j at position i: r[i, j] (outgoing), then r[j, i] (incoming)
+        joint = torch.cat((relation.transpose(1, 2), relation), dim=1).reshape(b, 2 * h * w, h, w)
+        appearance = self.gx_spatial(x).mean(dim=1, keepdim=True)
+        return torch.sigmoid(self.W_spatial(torch.cat((appearance, self.gg_spatial(joint)), 1)))
+
+    def forward(self, x):
+        return x * self.attention_map(x)
+
+
+class StripeAttention(nn.Module):
+    """One level of APNet-S's pyramid: split, attend, merge (spec §4.4; the paper's Figure 2).
+
+    x (B, C, H, W) is split into ``stripes`` horizontal stripes of H/stripes rows (split); each
+    stripe has its own :class:`RGASpatial` (attend); the stripes' maps, concatenated along the
+    height, form one (B, 1, H, W) map for the level, which multiplies x (merge). Output: (B, C,
+    H, W). With one stripe this is RGA-S on the whole map.
+
+    Args:
+        channels: C.
+        size: (H, W) of the map it is built for; ``stripes`` must divide H (ValueError).
+        stripes: 1, 2 or 4 at levels 1, 2, 3.
+    """
+
+    def __init__(self, channels, size, stripes):
+        super().__init__()
+        height, width = size
+        if height % stripes:
+            raise ValueError(f"a {height}x{width} map cannot be split into {stripes} stripes of "
+                             f"equal height")
+        self.num_stripes = stripes
+        self.agents = nn.ModuleList(RGASpatial(channels, height // stripes * width)
+                                    for _ in range(stripes))
+
+    def forward(self, x):
+        parts = x.chunk(self.num_stripes, dim=2)
+        maps = []
+        for i, agent in enumerate(self.agents):
+            maps.append(agent.attention_map(parts[i]))
+        return x * torch.cat(maps, dim=2)
+
+
+def stage_sizes(input_size, last_stride=1):
+    """(H, W) of the five stage outputs (stem, layer1-4) for an input (H, W): the stem's stride-2
+    conv and max-pool and layer2-4's stride-2 convs each give ceil(size / 2); layer4 keeps its
+    input size with ``last_stride`` 1. E.g. 384x192 -> 96x48, 96x48, 48x24, 24x12, 24x12."""
+    def halve(size):
+        return tuple((s + 1) // 2 for s in size)
+
+    stem = halve(halve(tuple(input_size)))
+    layer2 = halve(stem)
+    layer3 = halve(layer2)
+    layer4 = layer3 if last_stride == 1 else halve(layer3)
+    return [stem, stem, layer2, layer3, layer4]
+
+
+def check_stripes(input_size, level, last_stride=1):
+    """ValueError unless every stage map of an (H, W) input splits into the 2^(level-1) equal
+    stripes of APNet-S's finest level."""
+    stripes = 2 ** (max(level, 1) - 1)
+    heights = [h for h, _ in stage_sizes(input_size, last_stride)]
+    if any(h % stripes for h in heights):
+        raise ValueError(f"APNet-S level {level} splits every stage map into {stripes} stripes, "
+                         f"and at input {input_size[0]}x{input_size[1]} the stage heights are "
+                         f"{heights}: use an input height that is a multiple of "
+                         f"{stripes * (16 if last_stride == 1 else 32)}")
+
+
 class BoTResNet(nn.Module):
     """BoT's ResNet-50 layers (§4.1) under the original's names: conv1, bn1, maxpool (BoT has no
     stem ReLU), layer1-4, last stride 1 by default. It only holds them (the ``base.*`` keys);
@@ -108,28 +248,42 @@ class BoTResNet(nn.Module):
 
 
 class APNet(nn.Module):
-    """APNet-C (§4). Train forward: ``(logits, global_feat)`` with the pre-BN pooled feature for
-    the triplet loss; eval forward: the post-BN 2,048-d feature, or the classifier's logits when
-    ``test_feature="logits"`` (the MSMT17 configuration, ``APNET.MSMT``).
+    """APNet-C (§4), or APNet-S with ``agent="rga_s"``. Train forward: ``(logits, global_feat)``
+    with the pre-BN pooled feature for the triplet loss; eval forward: the post-BN 2,048-d
+    feature, or the classifier's logits when ``test_feature="logits"`` (the MSMT17
+    configuration, ``APNET.MSMT``).
 
     Args:
         num_classes: training identities.
         level: pyramid levels, 0 (the BNNeck baseline) to 3.
+        agent: ``"se"`` (released APNet-C: SE at level 1, SAMS over 2 / 4 channel groups at
+            levels 2 / 3) or ``"rga_s"`` (APNet-S: :class:`StripeAttention` over 1 / 2 / 4
+            horizontal stripes at levels 1 / 2 / 3).
+        input_size: (H, W) of the input; only APNet-S uses it (RGA-S is built for a number of
+            positions) and then accepts no other size. Every stage height must split into the
+            level's stripes (ValueError otherwise).
         test_feature: ``"bn"`` (released default) or ``"logits"``.
-        order: ``"fine_to_coarse"`` (released: SAMS before SE) or ``"coarse_to_fine"`` (the
-            paper's Figure 2: SE, then 2 groups, then 4).
+        order: ``"fine_to_coarse"`` (released: the finest level first, level 1 last) or
+            ``"coarse_to_fine"`` (the paper's Figure 2: level 1, then 2 parts, then 4).
         last_stride: 1 (released) or 2.
         stem_relu: False (BoT's and the released code's ResNet) or True (torchvision's).
         pretrained / weights_path: ImageNet initialisation of the ResNet-50 (from
             ``weights_path``, or the torch hub cache).
     """
 
-    def __init__(self, num_classes, level=2, test_feature="bn", order="fine_to_coarse",
-                 last_stride=1, stem_relu=False, pretrained=True, weights_path=None):
+    def __init__(self, num_classes, level=2, agent="se", input_size=(384, 192), test_feature="bn",
+                 order="fine_to_coarse", last_stride=1, stem_relu=False, pretrained=True,
+                 weights_path=None):
         super().__init__()
         if not 0 <= level <= MAX_LEVEL:
             raise ValueError(f"APNET.LEVEL {level}: levels 0 to {MAX_LEVEL} are built (the "
                              f"original supports 0-2 and refuses more than 3)")
+        if agent not in AGENTS:
+            raise ValueError(f"agent must be 'se' (APNet-C, released) or 'rga_s' (APNet-S), got "
+                             f"{agent!r}")
+        if agent == "rga_s":
+            check_stripes(input_size, level, last_stride)
+        sizes = stage_sizes(input_size, last_stride)
         if test_feature not in ("bn", "logits"):
             raise ValueError(f"test_feature must be 'bn' or 'logits', got {test_feature!r}")
         if order not in ("fine_to_coarse", "coarse_to_fine"):
@@ -147,13 +301,21 @@ class APNet(nn.Module):
         # The pyramid after stage i: att_ss{i} + BN_{i} (level 3), att_s{i} + BN{i} (level >= 2),
         # att{i} (level >= 1). A level's modules are nn.Identity (no state) when it is off, so
         # the state_dict is the original's and forward is one scriptable path.
-        for name, build, used in (("att", lambda c: SELayer(c, c // 8), level >= 1),
-                                  ("att_s", lambda c: SAMS(c, radix=2), level >= 2),
-                                  ("BN", BN2d, level >= 2),
-                                  ("att_ss", lambda c: SAMS(c, radix=4), level >= 3),
-                                  ("BN_", BN2d, level >= 3)):
-            for i, channels in enumerate(STAGE_CHANNELS, start=1):
-                self.add_module(f"{name}{i}", build(channels) if used else nn.Identity())
+        # APNet-S keeps these slots and swaps the agent: att{i} / att_s{i} / att_ss{i} hold a
+        # StripeAttention over 1 / 2 / 4 stripes instead of SE / SAMS.
+        if agent == "se":
+            levels = (lambda c, size: SELayer(c, c // 8), lambda c, size: SAMS(c, radix=2),
+                      lambda c, size: SAMS(c, radix=4))
+        else:
+            levels = tuple(lambda c, size, stripes=stripes: StripeAttention(c, size, stripes)
+                           for stripes in (1, 2, 4))
+        for name, build, used in (("att", levels[0], level >= 1),
+                                  ("att_s", levels[1], level >= 2),
+                                  ("BN", lambda c, size: BN2d(c), level >= 2),
+                                  ("att_ss", levels[2], level >= 3),
+                                  ("BN_", lambda c, size: BN2d(c), level >= 3)):
+            for i, (channels, size) in enumerate(zip(STAGE_CHANNELS, sizes), start=1):
+                self.add_module(f"{name}{i}", build(channels, size) if used else nn.Identity())
         self.bottleneck = nn.BatchNorm1d(2048)
         self.bottleneck.bias.requires_grad_(False)
         self.classifier = nn.Linear(2048, num_classes, bias=False)
@@ -185,3 +347,31 @@ class APNet(nn.Module):
 def build_model(num_classes, **options):
     """An :class:`APNet`; ``options`` are its keyword arguments (defaults = ``configs/default.yml``)."""
     return APNet(num_classes, **options)
+
+
+def architecture_of(state_dict):
+    """``{"level": ..., "agent": ...}`` of the APNet that wrote ``state_dict``, read from its
+    keys (the input size of an APNet-S is not in them)."""
+    level = next((lvl for prefix, lvl in (("att_ss1.", 3), ("att_s1.", 2), ("att1.", 1))
+                  if any(key.startswith(prefix) for key in state_dict)), 0)
+    agent = "rga_s" if any(".theta_spatial." in key for key in state_dict) else "se"
+    return {"level": level, "agent": agent}
+
+
+def load_weights(model, state, source="weights"):
+    """Loads a state_dict strictly (every key and shape named on a mismatch)."""
+    return load_state_dict_checked(model, state, source=source,
+                                   hint=". Was it trained with the same APNET.LEVEL and APNET.AGENT?")
+
+
+def load_trained(path, **options):
+    """The network of a file written by ``apnet/main.py`` or the original (an ignite
+    ``*_checkpoint_*.pt``, a ``*_best.pt`` or a bare state_dict): the class count, the pyramid
+    level and the attention agent are read from the weights (an APNet-S trained at another
+    size than 384x192 also needs ``input_size=(H, W)`` in ``options``)."""
+    state = read_state_dict(path, entries=("model", "state_dict"))[0]
+    classifier = state.get("classifier.weight")
+    model = build_model(751 if classifier is None else int(classifier.shape[0]),
+                        **{**architecture_of(state), **options}, pretrained=False)
+    load_weights(model, state, source=str(path))
+    return model

@@ -27,23 +27,20 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, DistributedSampler
-from tqdm import tqdm
 
-from apnet.model import build_model
-from common.checkpoint import (CheckpointError, load_checkpoint, load_state_dict_checked,
-                               resume_from, save_checkpoint, unwrap_model)
+from apnet.config import RECORDED_KEYS, config_value
+from apnet.model import RETRIEVAL, build_model, load_weights
+from common.checkpoint import CheckpointError, read_state_dict
 from common.data import DATASETS, ImageDataset, RandomIdentitySampler, build_dataset
 from common.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_test_transform, build_train_transform
-from common.eval import (compute_distance_matrix, evaluate_rank, extract_features, format_results,
-                         re_ranking)
-from common.eval.report import results_to_dict
+from common.engine import Engine, EvalTarget, open_run
 from common.files import atomic_write
-from common.history import LossMeter, TrainingHistory
 from common.losses import CrossEntropyLabelSmooth, TripletLoss
-from common.runtime import (autocast, distributed_session, grad_scaler, optimizer_step,
-                            OptionError, seed_everything, select_device, setup_logging)
+from common.runrecord import write_run_record
+from common.runtime import OptionError, distributed_session
 
-__all__ = ["DATASET_NAMES", "OptionError", "build_optimizer", "run", "warmup_multistep_factor"]
+__all__ = ["APNetEngine", "DATASET_NAMES", "OptionError", "build_optimizer", "run",
+           "warmup_multistep_factor"]
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +108,9 @@ def check_config(cfg):
     if cfg.DATALOADER.SAMPLER not in ("softmax", "softmax_triplet"):
         raise OptionError(f"DATALOADER.SAMPLER {cfg.DATALOADER.SAMPLER!r}: use softmax or "
                           f"softmax_triplet")
+    if cfg.SOLVER.IMS_PER_BATCH < 2:
+        raise OptionError(f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH}: a training batch of "
+                          f"one image cannot train BatchNorm; use 2 or more")
     if cfg.DATALOADER.SAMPLER == "softmax_triplet" and (
             cfg.SOLVER.IMS_PER_BATCH % cfg.DATALOADER.NUM_INSTANCE):
         raise OptionError(f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} must be a multiple "
@@ -180,97 +180,47 @@ def build_loaders(cfg, dataset, distributed, pin_memory, test_only=False):
     return train_loader, query_loader, gallery_loader
 
 
-class Trainer:
-    """One APNet run: the epochs, the evaluations and the files in ``OUTPUT_DIR``."""
+class APNetEngine(Engine):
+    """The released BoT/ignite loop (spec §5-§6) on the shared run skeleton."""
 
-    def __init__(self, cfg, model, criterion, optimizer, scheduler, device, distributed,
-                 loaders):
-        self.cfg, self.output_dir = cfg, Path(cfg.OUTPUT_DIR)
-        self.model, self.criterion = model, criterion
-        self.optimizer, self.scheduler = optimizer, scheduler
-        self.device, self.distributed = device, distributed
-        self.train_loader, self.query_loader, self.gallery_loader = loaders
-        self.scaler = grad_scaler(device, cfg.MODEL.AMP)
-        self.history = TrainingHistory()
-        self.epoch = 0
+    name = "APNet"
 
-    def train_epoch(self):
-        cfg = self.cfg
-        self.train_loader.sampler.set_epoch(self.epoch)
-        self.model.train()
-        meter = LossMeter()
-        progress = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{cfg.SOLVER.MAX_EPOCHS}",
-                        leave=False, disable=not self.distributed.is_main)
-        for images, pids, _ in progress:
-            images, pids = images.to(self.device), pids.to(self.device)
-            with autocast(self.device, cfg.MODEL.AMP):
-                logits, feature = self.model(images)
-            total, terms = self.criterion(logits, feature, pids)
-            optimizer_step(total, self.optimizer, self.scaler)
-            accuracy = (logits.argmax(1) == pids).float().mean()
-            meter.update({**terms, "total": total, "accuracy": accuracy})
-            progress.set_postfix(loss=f"{meter.means()['total']:.3f}")
-        means = meter.means()
-        lr = self.optimizer.param_groups[0]["lr"]
-        self.scheduler.step()
-        self.epoch += 1
-        accuracy = means.pop("accuracy")
-        self.history.log_epoch(self.epoch, lr, means)
-        log.info(f"Epoch[{self.epoch}] Loss: {means['total']:.3f}, Acc: {accuracy:.3f}, "
-                 f"Base Lr: {lr:.2e}")
+    def __init__(self, context, model, cfg, **parts):
+        super().__init__(context, model, retrieval=RETRIEVAL, max_epoch=cfg.SOLVER.MAX_EPOCHS,
+                         amp=cfg.MODEL.AMP, re_rank=cfg.TEST.RE_RANK, **parts)
+        self.cfg = cfg
 
-    def test(self):
-        """Evaluates on query + gallery (§6); returns evaluate_rank's dict."""
-        model = unwrap_model(self.model)
-        extract = dict(device=self.device, flip=True, normalize=True, amp=self.cfg.MODEL.AMP,
-                       progress=self.distributed.is_main)
-        qf, q_pids, q_camids = extract_features(model, self.query_loader, desc="query", **extract)
-        gf, g_pids, g_camids = extract_features(model, self.gallery_loader, desc="gallery",
-                                                **extract)
-        distmat = compute_distance_matrix(qf, gf, "euclidean")
-        if self.cfg.TEST.RE_RANK:
-            distmat = re_ranking(distmat, compute_distance_matrix(qf, qf, "euclidean"),
-                                 compute_distance_matrix(gf, gf, "euclidean"))
-        results = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids)
-        log.info(f"Validation Results - Epoch: {self.epoch}\n" + format_results(results))
-        return results
+    def compute_loss(self, batch):
+        images, pids, _ = batch
+        logits, feature = self.forward(images)
+        return self.criterion(logits, feature, pids.to(self.device))
 
-    def checkpoint_path(self):
-        return self.output_dir / f"{self.cfg.MODEL.NAME}_checkpoint_{self.epoch * len(self.train_loader)}.pt"
-
-    def save(self):
-        save_checkpoint(self.checkpoint_path(), model=self.model, epoch=self.epoch,
-                        optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
-                        history=self.history.state_dict())
-        for old in sorted_checkpoints(self.output_dir, self.cfg.MODEL.NAME)[:-KEEP_CHECKPOINTS]:
-            old.unlink()
-        self.history.write(self.output_dir)
-
-    def resume(self, path):
-        checkpoint = resume_from(path, unwrap_model(self.model), self.optimizer, self.scheduler,
-                                 self.scaler, map_location=self.device)
-        self.epoch = checkpoint["epoch"]
-        self.history.load_state_dict(checkpoint["history"])
-        log.info(f"resumed {path} after epoch {self.epoch}")
-
-    def fit(self):
+    def evaluation_due(self):
         solver = self.cfg.SOLVER
-        while self.epoch < solver.MAX_EPOCHS:
-            self.train_epoch()
-            evaluate = ((self.epoch % solver.EVAL_PERIOD == 0 or self.epoch == solver.MAX_EPOCHS)
-                        and self.epoch > 0.5 * solver.MAX_EPOCHS)
-            if self.distributed.is_main:
-                if evaluate:
-                    results = self.test()
-                    cmc = results["cmc"]
-                    self.history.log_evaluation(self.epoch, {
-                        "mAP": results["mAP"], "rank1": cmc[0], "rank5": cmc[4],
-                        "rank10": cmc[9]})
-                    write_results(self.output_dir / "results_last.json", "train", self.epoch,
-                                  results)
-                self.save()
-            if self.distributed.enabled:
-                torch.distributed.barrier()
+        return ((self.epoch % solver.EVAL_PERIOD == 0 or self.epoch == solver.MAX_EPOCHS)
+                and self.epoch > 0.5 * solver.MAX_EPOCHS)
+
+    def state_path(self):
+        """``<MODEL.NAME>_checkpoint_<iteration>.pt``: the original's ignite file name."""
+        iteration = self.epoch * len(self.train_loader)
+        return self.folder / f"{self.cfg.MODEL.NAME}_checkpoint_{iteration}.pt"
+
+    def save_weights(self, evaluated, is_best):
+        """Keeps the last five checkpoints, as ignite's ``ModelCheckpoint(n_saved=5)``; for the
+        best rank-1 also ``<MODEL.NAME>_best.pt`` (``{"model": state_dict}``)."""
+        for old in sorted_checkpoints(self.folder, self.cfg.MODEL.NAME)[:-KEEP_CHECKPOINTS]:
+            old.unlink()
+        if is_best:
+            with atomic_write(self.folder / f"{self.cfg.MODEL.NAME}_best.pt") as handle:
+                torch.save({"model": self.module.state_dict()}, handle)
+
+
+def model_options(cfg):
+    """``build_model`` keyword arguments from the configuration (besides the level, which the
+    weights show)."""
+    return {"agent": cfg.APNET.AGENT, "input_size": tuple(cfg.INPUT.SIZE_TRAIN),
+            "test_feature": "logits" if cfg.APNET.MSMT else "bn", "order": cfg.APNET.ORDER,
+            "last_stride": cfg.MODEL.LAST_STRIDE, "stem_relu": cfg.MODEL.STEM_RELU}
 
 
 def sorted_checkpoints(folder, prefix):
@@ -281,28 +231,20 @@ def sorted_checkpoints(folder, prefix):
     return [path for _, path in sorted(found)]
 
 
-def write_results(path, kind, epoch, results):
-    payload = {"method": "APNet", "kind": kind, "epoch": epoch,
-               "results": results_to_dict(results, ranks=(1, 5, 10, 20))}
-    with atomic_write(path, "w") as handle:
-        json.dump(payload, handle, indent=2)
-        handle.write("\n")
-
-
 def run(cfg, test_only=False, resume=False):
     """``tools/train.py`` (or ``tools/test.py`` with ``test_only``) for the configuration."""
     check_config(cfg)
-    with distributed_session(cpu=not cfg.MODEL.DEVICE.startswith("cuda")) as distributed:
-        _run(cfg, test_only, resume, distributed)
+    cpu = not cfg.MODEL.DEVICE.startswith("cuda")
+    with distributed_session(cpu=cpu) as distributed:
+        with open_run(cfg.OUTPUT_DIR, log_name="test_log.txt" if test_only else "log.txt",
+                      seed=cfg.SOLVER.SEED, cpu=cpu, distributed=distributed,
+                      resume_hint="--resume and the same configuration") as context:
+            _run(cfg, test_only, resume, context)
 
 
-def _run(cfg, test_only, resume, distributed):
-    output_dir = Path(cfg.OUTPUT_DIR)
-    setup_logging(output_dir / ("test_log.txt" if test_only else "log.txt"),
-                  main_process=distributed.is_main)
+def _run(cfg, test_only, resume, context):
+    output_dir, device = context.folder, context.device
     log.info(f"Running with config:\n{json.dumps(cfg, indent=1)}")
-    seed_everything(cfg.SOLVER.SEED + distributed.rank)
-    device = select_device(not cfg.MODEL.DEVICE.startswith("cuda"), distributed.local_rank)
     if cfg.MODEL.DEVICE.startswith("cuda") and device.type == "cpu":
         log.warning(f"MODEL.DEVICE {cfg.MODEL.DEVICE} but no GPU is visible: running on the CPU")
     existing = sorted_checkpoints(output_dir, cfg.MODEL.NAME)
@@ -313,31 +255,30 @@ def _run(cfg, test_only, resume, distributed):
         raise CheckpointError(f"--resume: no {cfg.MODEL.NAME}_checkpoint_<iteration>.pt in "
                               f"{output_dir}")
 
+    if not test_only and context.is_main:
+        write_run_record(output_dir, "apnet", cfg.INPUT.SIZE_TEST, RETRIEVAL.interpolation,
+                         model_options=model_options(cfg),
+                         flags={key: config_value(cfg, key) for key in RECORDED_KEYS})
     dataset = load_dataset(cfg)
     log.info(dataset.summary())
-    loaders = build_loaders(cfg, dataset, distributed, pin_memory=device.type == "cuda",
+    loaders = build_loaders(cfg, dataset, context.distributed, pin_memory=device.type == "cuda",
                             test_only=test_only)
     weights = None
     if test_only:
-        weights = load_checkpoint(cfg.TEST.WEIGHT)
-        weights = weights.get("model", weights) if isinstance(weights, dict) else None
-        if not isinstance(weights, dict) or "classifier.weight" not in weights:
+        weights = read_state_dict(cfg.TEST.WEIGHT, entries=("model", "state_dict"))[0]
+        if "classifier.weight" not in weights:
             raise CheckpointError(f"TEST.WEIGHT {cfg.TEST.WEIGHT} holds no APNet state_dict "
-                                  f"(a 'model' entry with classifier.weight)")
+                                  f"(no classifier.weight)")
         num_classes = int(weights["classifier.weight"].shape[0])
     else:
         num_classes = dataset.num_train_pids
     pretrain = cfg.MODEL.PRETRAIN_PATH
-    model = build_model(num_classes, level=cfg.APNET.LEVEL,
-                        test_feature="logits" if cfg.APNET.MSMT else "bn",
-                        order=cfg.APNET.ORDER, last_stride=cfg.MODEL.LAST_STRIDE,
-                        stem_relu=cfg.MODEL.STEM_RELU,
+    model = build_model(num_classes, level=cfg.APNET.LEVEL, **model_options(cfg),
                         pretrained=cfg.MODEL.PRETRAINED and weights is None and not resume,
                         weights_path=None if pretrain in ("", "RESNET_PATH") else pretrain)
     model.to(device)
     if weights is not None:
-        load_state_dict_checked(model, weights, source=f"TEST.WEIGHT {cfg.TEST.WEIGHT}",
-                                hint=". Was it trained with the same APNET.LEVEL?")
+        load_weights(model, weights, source=f"TEST.WEIGHT {cfg.TEST.WEIGHT}")
     optimizer = build_optimizer(cfg, model)
     solver = cfg.SOLVER
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: warmup_multistep_factor(
@@ -345,24 +286,17 @@ def _run(cfg, test_only, resume, distributed):
         solver.WARMUP_METHOD))
     criterion = APNetLoss(num_classes, solver.CLASSNUM or num_classes, solver.SMOOTH,
                           solver.MARGIN, cfg.DATALOADER.SAMPLER == "softmax_triplet")
-    trainer = Trainer(cfg, model, criterion, optimizer, scheduler, device, distributed, loaders)
+    engine = APNetEngine(
+        context, model, cfg, criterion=criterion, optimizer=optimizer, scheduler=scheduler,
+        train_loader=loaders[0], targets={dataset.name: EvalTarget(dataset, *loaders[1:])},
+        weights_source=f"TEST.WEIGHT {cfg.TEST.WEIGHT}" if test_only else "random initialisation")
     if test_only:
-        if distributed.is_main:
-            results = trainer.test()
-            write_results(output_dir / "results_test.json", "test", None, results)
-            print(format_results(results), flush=True)
+        if context.is_main:
+            engine.report("evaluate", engine.evaluate(), epoch=None)
         return
     if resume:
-        trainer.resume(existing[-1])
-    if distributed.enabled:
-        trainer.model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    elif device.type == "cuda" and torch.cuda.device_count() > 1:
-        trainer.model = nn.DataParallel(model)  # the original's two-GPU setting
-    log.info(f"Start training: {solver.MAX_EPOCHS - trainer.epoch} epochs on {device}")
-    trainer.fit()
-    if distributed.is_main and trainer.history.evaluations:
-        last = trainer.history.evaluations[-1]
-        print(f"APNet (level {cfg.APNET.LEVEL}) on {dataset.name}, epoch {last['epoch']}: "
-              f"mAP {100 * last['mAP']:.1f}  R1 {100 * last['rank1']:.1f}  "
-              f"R5 {100 * last['rank5']:.1f}  R10 {100 * last['rank10']:.1f}", flush=True)
+        engine.resume(existing[-1])
+    engine.wrap_for_training()  # the original trained on two GPUs with DataParallel
+    log.info(f"Start training: {solver.MAX_EPOCHS - engine.epoch} epochs on {device}")
+    engine.fit()
+    engine.report_best()

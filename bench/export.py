@@ -36,7 +36,8 @@ from pathlib import Path
 import torch
 
 from bench.compile_speed import BACKENDS, parity
-from bench.models import BENCH_METHODS, BenchModelError, load_method_model, parse_model_options
+from bench.models import (BENCH_METHODS, BenchModelError, load_method_model, parse_model_options,
+                          trained_settings)
 from common.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from common.files import atomic_write
 
@@ -57,12 +58,16 @@ def export_method(name, out_dir, checkpoint=None, size=None, device="cpu", optio
     deploy record (the contents of ``deploy.json``)."""
     device = torch.device(device)
     method = BENCH_METHODS[name]
+    size, options = trained_settings(name, checkpoint, size, options)
     model = load_method_model(name, checkpoint, options).to(device)
-    size = tuple(size or method.input_size)
     generator = torch.Generator().manual_seed(0)
     batches = [torch.randn(n, 3, *size, generator=generator).to(device) for n in PARITY_IMAGES]
     with torch.no_grad():
         reference = [model(images).float() for images in batches]
+    if not all(torch.isfinite(features).all() for features in reference):
+        raise ExportError(f"the {name} network produced non-finite (NaN or infinite) features "
+                          f"with the weights {checkpoint or '(fresh)'}; nothing was written. "
+                          f"Check the weights (a diverged run?)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     record = {
@@ -114,6 +119,9 @@ def main(argv=None):
                         help="build_model arguments of a run with non-README architecture flags")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
+    if args.checkpoint is None:
+        print(f"bench.export: warning: no --checkpoint, so the exported {args.method} network has "
+              f"fresh (untrained) weights", file=sys.stderr)
     try:
         record = export_method(args.method, args.out, args.checkpoint, args.size, args.device,
                                parse_model_options(args.model_option))

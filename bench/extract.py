@@ -37,11 +37,11 @@ from torch.utils.data import DataLoader
 
 from bench.export import DEPLOY_FILE
 from bench.models import (BENCH_METHODS, BenchModelError, Retrieval, load_method_model,
-                          parse_model_options)
+                          parse_model_options, trained_settings)
 from common.data.dataset import IMAGE_EXTENSIONS, DatasetError, Sample, list_images
 from common.data.images import ImageDataset
 from common.data.transforms import build_test_transform
-from common.eval import extract_features
+from common.eval import NonFiniteFeaturesError, extract_features
 from common.files import atomic_write
 
 __all__ = ["ExtractError", "Extractor", "extract_folder", "load_exported", "load_eager"]
@@ -88,7 +88,7 @@ def load_eager(method, checkpoint=None, size=None, device="cpu", options=None):
     """Method ``method``'s network in PyTorch (fresh weights or ``checkpoint``'s), built with
     ``options`` (``bench.models.load_method_model``)."""
     spec = BENCH_METHODS[method]
-    height, width = size or spec.input_size
+    (height, width), options = trained_settings(method, checkpoint, size, options)
     network = load_method_model(method, checkpoint, options).to(device)
     return Extractor(network, method, height, width, spec.retrieval)
 
@@ -142,6 +142,9 @@ def main(argv=None):
     parser.add_argument("--workers", type=int, default=2, help="image-loading processes")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
+    if args.method and args.checkpoint is None:
+        print(f"bench.extract: warning: no --checkpoint, so these are features of a fresh "
+              f"(untrained) {args.method} network", file=sys.stderr)
     if args.exported and (args.checkpoint or args.size or args.model_option):
         parser.error("--checkpoint, --size and --model-option go with --method; an --exported "
                      "folder has its own")
@@ -156,6 +159,9 @@ def main(argv=None):
                                          args.workers)
     except (BenchModelError, DatasetError, ExtractError) as err:
         sys.exit(f"bench.extract: error: {err}")
+    except NonFiniteFeaturesError as err:
+        weights = args.exported or args.checkpoint or "fresh weights"
+        sys.exit(f"bench.extract: error: {err} (weights: {weights}); nothing was written")
     seconds = time.perf_counter() - start
     retrieval = extractor.retrieval
     with atomic_write(args.out) as handle:

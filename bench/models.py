@@ -1,6 +1,7 @@
-"""The five methods as ``bench/`` sees them: native input size, the way each method's own
-evaluation turns images into retrieval features, a fresh network, and the loading of a
-checkpoint written by each method's ``main.py`` (or the original code), strictly.
+"""The five methods as ``bench/`` sees them, read from each method's ``model.py`` (its
+``INPUT_SIZE``, ``RETRIEVAL`` convention, ``build_model`` and ``load_trained``): native input size,
+the way the method's own evaluation turns images into retrieval features, a fresh network, and
+the loading of a checkpoint written by the method's ``main.py`` (or the original code), strictly.
 
 A file of another method, or not a checkpoint at all, is a :class:`BenchModelError` that names
 the method, the file and what did not match.
@@ -9,14 +10,16 @@ the method, the file and what did not match.
 from __future__ import annotations
 
 import ast
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-from common.checkpoint import CheckpointError, load_checkpoint, load_state_dict_checked
+from common.checkpoint import CheckpointError
+from common.eval import Retrieval
+from common.runrecord import find_run_record
 
 __all__ = ["BENCH_METHODS", "BenchMethod", "BenchModelError", "Retrieval", "load_method_model",
-           "parse_model_options"]
+           "parse_model_options", "trained_settings"]
 
 
 class BenchModelError(ValueError):
@@ -24,126 +27,46 @@ class BenchModelError(ValueError):
 
 
 @dataclass(frozen=True)
-class Retrieval:
-    """How a method's evaluation (its trainer's ``test``, with its README flags) makes and
-    compares features: the test-time resize, flip averaging, L2 normalisation, the distance."""
-
-    interpolation: str  # of the resize to the input size: "bilinear" or "bicubic"
-    flip: bool  # average the features of the image and of its mirror
-    normalize: bool  # L2-normalise the (averaged) feature
-    distance: str  # common.eval.compute_distance_matrix metric
-
-
-@dataclass(frozen=True)
 class BenchMethod:
+    """A method as ``bench/`` sees it, read from its ``<method>/model.py``: the README input
+    size, the retrieval convention, and the network fresh or from a trained file."""
+
     name: str
     input_size: tuple  # (height, width) of the README configuration
     retrieval: Retrieval
-    fresh: Callable  # (options) -> the network with fresh weights (751 classes, no ImageNet file)
-    load: Callable  # (path, options) -> the network with the checkpoint's weights
+
+    @property
+    def model_module(self):
+        return importlib.import_module(f"{self.name}.model")
+
+    def fresh(self, options):
+        """The network with fresh weights (751 classes, no ImageNet file)."""
+        return self.model_module.build_model(751, **{"pretrained": False, **options})
+
+    def load(self, path, options):
+        """The network with the weights of ``path`` (class count etc. read from the file)."""
+        return self.model_module.load_trained(path, **options)
 
 
-# Each loader reads the class count (and for IAUnet/APNet the architecture) from the file;
-# ``options`` are the method's build_model keyword arguments for everything else.
-
-def _lagnet_fresh(options):
-    from lagnet.model import build_model
-    return build_model(751, pretrained=False, **options)
+def _bench_method(name):
+    module = importlib.import_module(f"{name}.model")
+    return BenchMethod(name, tuple(module.INPUT_SIZE), module.RETRIEVAL)
 
 
-def _lagnet_load(path, options):
-    from lagnet.model import build_model, load_weights, read_weights
-    state = read_weights(path)
-    classifier = state.get("classifier_gs.classifier.0.weight")
-    model = build_model(int(classifier.shape[0]) if classifier is not None else 751,
-                        pretrained=False, **options)
-    load_weights(model, state, source=str(path))
-    return model
+BENCH_METHODS = {name: _bench_method(name)
+                 for name in ("lagnet", "abdnet", "iabnet", "iaunet", "apnet")}
 
 
-def _abdnet_fresh(options):
-    from abdnet.model import build_model
-    return build_model(751, pretrained=False, **options)
-
-
-def _two_branch_load(build_model, rename_keys=None):
-    def load(path, options):
-        from common.torchreid2018.released import load_released_checkpoint, read_released_checkpoint
-        released = read_released_checkpoint(path, rename_keys)
-        model = build_model(released.num_classes or 751, pretrained=False, **options)
-        load_released_checkpoint(model, released)
-        return model
-    return load
-
-
-def _abdnet_load(path, options):
-    from abdnet.model import build_model
-    return _two_branch_load(build_model)(path, options)
-
-
-def _iabnet_fresh(options):
-    from iabnet.model import build_model
-    return build_model(751, pretrained=False, **options)
-
-
-def _iabnet_load(path, options):
-    from iabnet.model import build_model, rename_original_keys
-    return _two_branch_load(build_model, rename_original_keys)(path, options)
-
-
-def _state_of(path, key):
-    checkpoint = load_checkpoint(path)
-    state = checkpoint.get(key, checkpoint) if isinstance(checkpoint, dict) else None
-    if not isinstance(state, dict) or "classifier.weight" not in state:
-        raise CheckpointError(f"{path} holds no '{key}' state_dict with a classifier.weight")
-    return state
-
-
-def _iaunet_fresh(options):
-    from iaunet.model import build_model
-    return build_model(751, pretrained=False, **options)
-
-
-def _iaunet_load(path, options):
-    from iaunet.model import build_model
-    state = _state_of(path, "state_dict")
-    arch = "ianet" if "layer2.4.W1.weight" in state else "iaunet"
-    model = build_model(int(state["classifier.weight"].shape[0]), arch=arch, pretrained=False,
-                        **options)
-    load_state_dict_checked(model, state, source=str(path))
-    return model
-
-
-def _apnet_fresh(options):
-    from apnet.model import build_model
-    return build_model(751, **{"level": 2, **options}, pretrained=False)
-
-
-def _apnet_load(path, options):
-    from apnet.model import build_model
-    state = _state_of(path, "model")
-    level = next((lvl for key, lvl in (("att_ss1.fc1.weight", 3), ("att_s1.fc1.weight", 2),
-                                       ("att1.fc.0.weight", 1)) if key in state), 0)
-    model = build_model(int(state["classifier.weight"].shape[0]), level=level, pretrained=False,
-                        **options)
-    load_state_dict_checked(model, state, source=str(path))
-    return model
-
-
-# lagnet/trainer.py and apnet/trainer.py test with flip + L2 + Euclidean; the ABD/IAB trainer
-# (common/torchreid2018) with --flip-eval (README) and squared Euclidean; iaunet/trainer.py with
-# --flip_cnt 1 and the released default --distance consine.
-_TORCHREID2018 = Retrieval("bilinear", flip=True, normalize=False, distance="sqeuclidean")
-BENCH_METHODS = {
-    "lagnet": BenchMethod("lagnet", (384, 128), Retrieval("bicubic", True, True, "euclidean"),
-                          _lagnet_fresh, _lagnet_load),
-    "abdnet": BenchMethod("abdnet", (384, 128), _TORCHREID2018, _abdnet_fresh, _abdnet_load),
-    "iabnet": BenchMethod("iabnet", (384, 128), _TORCHREID2018, _iabnet_fresh, _iabnet_load),
-    "iaunet": BenchMethod("iaunet", (256, 128), Retrieval("bicubic", False, False, "cosine"),
-                          _iaunet_fresh, _iaunet_load),
-    "apnet": BenchMethod("apnet", (384, 192), Retrieval("bilinear", True, True, "euclidean"),
-                         _apnet_fresh, _apnet_load),
-}
+def trained_settings(name, checkpoint=None, size=None, options=None):
+    """``(input size, build_model options)`` to use for ``checkpoint``: those given, else the
+    ones its training run recorded in ``run.json`` (:mod:`common.runrecord`), else the README's.
+    A record of another method is ignored."""
+    size, options = (tuple(size) if size else None), dict(options or {})
+    _, record = find_run_record(checkpoint)
+    if record is not None and record.get("method") == name:
+        size = size or tuple(record["input_size"])
+        options = options or dict(record["model_options"])
+    return size or BENCH_METHODS[name].input_size, options
 
 
 def load_method_model(name, checkpoint=None, options=None):
@@ -163,9 +86,12 @@ def load_method_model(name, checkpoint=None, options=None):
             return method.fresh(options).eval()
         return method.load(Path(checkpoint), options).eval()
     except CheckpointError as err:
+        advice = ""
+        if "does not match the model" in str(err):
+            advice = (". If the run used other architecture flags than the README's, give them "
+                      "with --model-option NAME=VALUE")
         raise BenchModelError(f"{checkpoint} is not a {name} checkpoint that this network can "
-                              f"load: {err}. If the run used other architecture flags than the "
-                              f"README's, give them with --model-option NAME=VALUE") from None
+                              f"load: {err}{advice}") from None
     except (TypeError, ValueError) as err:
         if not options:
             raise

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import pickle
 import random
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +22,10 @@ import torch
 
 from common.files import atomic_write
 
-__all__ = ["CheckpointError", "LEGACY_NUMPY_GLOBALS", "capture_rng_state", "load_checkpoint",
-           "load_state_dict_checked", "restore_rng_state", "resume_from", "save_checkpoint", "unwrap_model"]
+__all__ = ["CheckpointError", "LEGACY_NUMPY_GLOBALS", "LoadReport", "capture_rng_state",
+           "is_classifier_key", "load_checkpoint", "load_state_dict_checked", "read_state_dict",
+           "restore_rng_state", "resume_from", "save_checkpoint", "strip_parallel_prefix",
+           "unwrap_model"]
 
 
 class CheckpointError(RuntimeError):
@@ -41,29 +44,89 @@ def _legacy_numpy_globals():
 LEGACY_NUMPY_GLOBALS = _legacy_numpy_globals()
 
 
-def load_state_dict_checked(module, state_dict, ignore_unexpected=(), source="checkpoint",
-                            hint=""):
-    """Loads ``state_dict`` non-strictly and reports every key that did not match.
+@dataclass
+class LoadReport:
+    """What :func:`load_state_dict_checked` did besides loading: ``ignored`` unexpected keys it
+    was told to ignore, ``reinitialized`` classifier keys left at their initialisation because
+    the file was trained with another class count, and the two ``class_counts``
+    ``(file, model)`` (None when every classifier matched)."""
 
-    A missing key is an error. Unexpected keys are errors too unless they start with one of
-    ``ignore_unexpected`` (those are returned). Every error, shape mismatches included, is a
-    :class:`CheckpointError` that names ``source`` and ends with ``hint`` (what to check).
+    ignored: list = field(default_factory=list)
+    reinitialized: list = field(default_factory=list)
+    class_counts: tuple | None = None
+
+
+def is_classifier_key(key):
+    """A parameter of an identity classifier: a module named ``classifier*`` on its path."""
+    return any(part.startswith("classifier") for part in key.split(".")[:-1])
+
+
+def strip_parallel_prefix(state_dict):
+    """``module.x`` -> ``x`` for every key: weights saved from inside DataParallel / DDP."""
+    return {key.removeprefix("module."): value for key, value in state_dict.items()}
+
+
+def read_state_dict(path, entries=("state_dict", "model"), loaded=None):
+    """The model weights in a file, as every loader of the project reads them.
+
+    The file may be a bare state_dict or a dict holding one under the first of ``entries``
+    present (the originals' ``{"state_dict", "rank1", "epoch"}``, ignite's ``{"model", ...}``,
+    this project's training states); a DataParallel/DDP ``module.`` prefix is removed.
+    ``loaded`` is what :func:`load_checkpoint` already returned for ``path``.
 
     Returns:
-        the list of ignored unexpected keys.
+        ``(state_dict, checkpoint)``: the weights and the whole file's contents.
+
+    Raises:
+        CheckpointError: the file cannot be read or holds no dict of tensors.
     """
-    try:
-        result = module.load_state_dict(state_dict, strict=False)
-    except RuntimeError as err:  # shape mismatches
-        raise CheckpointError(f"{source} does not match the model: {err}{hint}") from None
-    ignored = [k for k in result.unexpected_keys if k.startswith(tuple(ignore_unexpected))]
-    unexpected = [k for k in result.unexpected_keys if k not in ignored]
-    if result.missing_keys or unexpected:
-        raise CheckpointError(
-            f"{source} does not match the model: {len(result.missing_keys)} missing key(s) "
-            f"{result.missing_keys[:10]}, {len(unexpected)} unexpected key(s) {unexpected[:10]}"
-            f"{hint}")
-    return ignored
+    checkpoint = load_checkpoint(path) if loaded is None else loaded
+    state = checkpoint
+    if isinstance(checkpoint, dict):
+        state = next((checkpoint[name] for name in entries if isinstance(checkpoint.get(name), dict)),
+                     checkpoint)
+    if not isinstance(state, dict) or not state or not all(
+            torch.is_tensor(value) for value in state.values()):
+        raise CheckpointError(f"{path} holds no state_dict (a dict of tensors, bare or under "
+                              f"{' / '.join(repr(name) for name in entries)})")
+    return strip_parallel_prefix(state), checkpoint
+
+
+def load_state_dict_checked(module, state_dict, ignore_unexpected=(), source="checkpoint",
+                            hint="", new_classes_ok=False):
+    """Loads ``state_dict`` and reports every key and shape that did not match.
+
+    A missing key, an unexpected key (unless it starts with one of ``ignore_unexpected``) and a
+    shape mismatch are each a :class:`CheckpointError` naming ``source``, every offending key and
+    both shapes, and ending with ``hint`` (what to check). With ``new_classes_ok`` (fine-tuning),
+    classifier parameters (:func:`is_classifier_key`) whose class count differs are left at the
+    module's initialisation and listed in the returned :class:`LoadReport` instead.
+    """
+    own = module.state_dict()
+    report = LoadReport()
+    mismatched = []
+    state_dict = dict(state_dict)
+    for key, value in list(state_dict.items()):
+        if key in own and tuple(value.shape) != tuple(own[key].shape):
+            if new_classes_ok and is_classifier_key(key) and value.shape[1:] == own[key].shape[1:]:
+                report.reinitialized.append(key)
+                report.class_counts = (int(value.shape[0]), int(own[key].shape[0]))
+                state_dict[key] = own[key]
+            else:
+                mismatched.append(f"{key}: file {tuple(value.shape)}, model {tuple(own[key].shape)}")
+    # as torch's own loader: a BatchNorm counter absent from an old file is not missing
+    missing = [key for key in own
+               if key not in state_dict and not key.endswith("num_batches_tracked")]
+    unexpected = [key for key in state_dict if key not in own]
+    report.ignored = [key for key in unexpected if key.startswith(tuple(ignore_unexpected))]
+    unexpected = [key for key in unexpected if key not in report.ignored]
+    if missing or unexpected or mismatched:
+        parts = [f"{len(items)} {label}: {', '.join(items)}" for label, items in (
+            ("missing key(s)", missing), ("unexpected key(s)", unexpected),
+            ("shape mismatch(es)", mismatched)) if items]
+        raise CheckpointError(f"{source} does not match the model: {'; '.join(parts)}{hint}")
+    module.load_state_dict(state_dict, strict=False)
+    return report
 
 
 def unwrap_model(model):

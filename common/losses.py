@@ -59,13 +59,19 @@ class TripletLoss(nn.Module):
         self.margin, self.metric, self.soft_margin = margin, metric, soft_margin
 
     def forward(self, features, targets):
-        dist = pairwise_distance(features, self.metric)
+        """``features`` (B, D), ``targets`` (B,) identity labels; returns the scalar loss.
+
+        Raises:
+            ValueError: the batch holds a single identity (no negative exists); the samplers of
+                this project never build such a batch.
+        A non-finite feature gives a non-finite loss (the training loop reports divergence)."""
         same = targets[:, None] == targets[None, :]
+        if bool(same.all()):
+            raise ValueError(f"a triplet batch needs at least two identities; this one holds "
+                             f"{len(targets)} images of one identity")
+        dist = pairwise_distance(features, self.metric)
         hardest_positive = dist.masked_fill(~same, float("-inf")).max(1).values
         hardest_negative = dist.masked_fill(same, float("inf")).min(1).values
-        if not torch.isfinite(hardest_negative).all():
-            raise ValueError("a triplet batch needs at least two identities; use an identity "
-                             "sampler (P identities x K images)")
         gap = hardest_positive - hardest_negative
         if self.soft_margin:
             return F.softplus(gap).mean()

@@ -22,9 +22,12 @@ import torch.distributed as dist
 
 from common.checkpoint import CheckpointError
 from common.data import DatasetError
+from common.eval import NonFiniteFeaturesError
+from common.files import FileWriteError
 from common.layers.resnet import PretrainedWeightsError
+from common.runfolder import FolderInUseError
 
-__all__ = ["Distributed", "OptionError", "add_runtime_flags", "autocast", "close_distributed",
+__all__ = ["Distributed", "OptionError", "RunInterrupted", "TrainingDiverged", "USER_ERRORS", "add_runtime_flags", "autocast", "close_distributed",
            "distributed_session", "exit_on_user_error", "grad_scaler", "init_distributed",
            "is_main_process", "optimizer_step", "select_device", "seed_everything",
            "setup_logging", "step_scheduler"]
@@ -34,15 +37,33 @@ class OptionError(ValueError):
     """A command-line or configuration value that cannot run; the message names it and the fix."""
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss became non-finite or exploded; the message names the epoch, step and last good
+    checkpoint."""
+
+
+class RunInterrupted(RuntimeError):
+    """Ctrl-C or SIGTERM ended a run; the message says what was saved and how to continue."""
+
+
+# What the user can fix: options, data, files, weights, folders, a diverging recipe.
+USER_ERRORS = (OptionError, DatasetError, CheckpointError, PretrainedWeightsError, FileWriteError,
+               FolderInUseError, NonFiniteFeaturesError, TrainingDiverged)
+
+
 @contextlib.contextmanager
 def exit_on_user_error(program):
     """What a ``main.py`` wraps its run in: an error in what the user gave (options, data,
-    checkpoints, ImageNet weights) ends the program with ``<program>: error: <message>`` and exit
-    status 1, without a traceback."""
+    checkpoints, ImageNet weights, output folder) or a diverged run ends the program with
+    ``<program>: error: <message>`` and exit status 1, without a traceback; an interruption
+    (Ctrl-C, SIGTERM) with one line and status 130."""
     try:
         yield
-    except (OptionError, DatasetError, CheckpointError, PretrainedWeightsError) as err:
+    except USER_ERRORS as err:
         sys.exit(f"{program}: error: {err}")
+    except (RunInterrupted, KeyboardInterrupt) as err:
+        print(f"{program}: {err or 'interrupted'}", file=sys.stderr, flush=True)
+        sys.exit(130)
 
 
 def step_scheduler(scheduler, steps=1):

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import functools
 
-from common.torchreid2018.args import build_parser
-from common.torchreid2018.trainer import Method, run_command_line
+from abdnet.args import build_parser
+from abdnet.trainer import Method, run_command_line
+from common.runrecord import parse_command_line
 from iabnet.model import build_model, rename_original_keys
 
 # The guide documents --iab-* flags that the code never had; both spellings work here.
@@ -40,7 +41,7 @@ def build_iab_parser():
 
 
 def main(argv=None):
-    args = build_iab_parser().parse_args(argv)
+    args = parse_command_line(build_iab_parser(), argv)
     method = Method("IAB-Net", functools.partial(build_model, casa_channel=args.casa_channel),
                     rename_keys=rename_original_keys)
     run_command_line(args, method, "iabnet/main.py")

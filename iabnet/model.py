@@ -3,7 +3,7 @@
 
 Restated from the released code in ``../shared/specs/iabnet.md`` §3; section numbers below refer
 to that spec. The two branches (the global branch and the "CASA" branch, which is ABD-Net's
-attentive branch with CAM and PAM) come unchanged from ``common.layers.two_branch``; the global
+attentive branch with CAM and PAM) come unchanged from ``abdnet.two_branch``; the global
 branch is ``branches.0``, whatever order a released file has (§3.3).
 """
 
@@ -14,13 +14,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.models.resnet import Bottleneck
 
+from common.eval import Retrieval
 from common.layers.resnet import build_resnet50
-from common.layers.two_branch import TwoBranchNet
+from abdnet.two_branch import TwoBranchNet
+from abdnet.released import load_released_checkpoint, read_released_checkpoint
 
-__all__ = ["COAB", "COABBottleneck", "ChannelGate", "IABNet", "SpatialGate", "build_model",
+__all__ = ["INPUT_SIZE", "RETRIEVAL", "load_trained", "COAB", "COABBottleneck", "ChannelGate", "IABNet", "SpatialGate", "build_model",
            "build_coab_resnet50", "init_like_original", "rename_original_keys"]
 
 REDUCTION = 16
+
+# What evaluation and deployment need (README command): the input size and the test convention
+# with --flip-eval: bilinear resize, the mean of the image's and its mirror's 3,072-d feature, not
+# normalised, squared Euclidean distance.
+INPUT_SIZE = (384, 128)
+RETRIEVAL = Retrieval(interpolation="bilinear", flip=True, normalize=False, distance="sqeuclidean")
 
 
 class ChannelGate(nn.Module):
@@ -187,3 +195,13 @@ def rename_original_keys(state_dict):
 def build_model(num_classes, **options):
     """An :class:`IABNet`; ``options`` are its keyword arguments (defaults = the README's)."""
     return IABNet(num_classes, **options)
+
+
+def load_trained(path, **options):
+    """The network of a file written by ``iabnet/main.py`` or the released code (``checkpoint_*``,
+    a training state or a bare state_dict, either branch order): the class count is read from
+    the weights; ``options`` are the architecture flags the run used."""
+    released = read_released_checkpoint(path, rename_original_keys)
+    model = build_model(released.num_classes or 751, pretrained=False, **options)
+    load_released_checkpoint(model, released)
+    return model

@@ -3,6 +3,7 @@
 
     python iaunet/main.py --root /data/market1501                  # train (the README)
     python iaunet/main.py --root /data/market1501 --resume path/to/checkpoint.pth.tar --evaluate
+    python iaunet/main.py --root /data/mars -d mars --seq-len 4        # video (iaunet/video.py)
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ from __future__ import annotations
 import argparse
 import os
 
+from common.runrecord import parse_command_line
 from common.runtime import add_runtime_flags, exit_on_user_error
 from iaunet.trainer import ARCHS, DATASET_NAMES, run
+from iaunet.video import VIDEO_DATASETS, add_video_flags
 
 
 def build_parser():
@@ -20,11 +23,13 @@ def build_parser():
     add = parser.add_argument
     add("--root", type=str, default="data/market1501",
         help="dataset folder (the original hard-coded its own path)")
-    add("-d", "--dataset", type=str, default="market1501_seg", help=", ".join(DATASET_NAMES))
+    add("-d", "--dataset", type=str, default="market1501_seg",
+        help=", ".join([*DATASET_NAMES, *VIDEO_DATASETS]))
     add("-j", "--workers", type=int, default=4)
     add("--height", type=int, default=256)
     add("--width", type=int, default=128)
-    add("--split-id", type=int, default=0, help="unused, as in the original")
+    add("--split-id", type=int, default=0, help="split 0-9 of ilidsvid and prid2011; unused by "
+        "the original")
     add("--cuhk03-labeled", action="store_true", help="unused, as in the original")
     add("--cuhk03-classic-split", action="store_true", help="unused, as in the original")
     add("--use-metric-cuhk03", action="store_true", help="CUHK03 single-gallery-shot CMC")
@@ -54,6 +59,7 @@ def build_parser():
     add("--start-eval", type=int, default=0, help="unused, as in the original")
     add("--gpu-devices", type=str, default="0",
         help="CUDA_VISIBLE_DEVICES (the original defaulted to '2, 3')")
+    add_video_flags(parser)
     beyond = parser.add_argument_group("beyond the original")
     add_runtime_flags(beyond, separator="-")
     beyond.add_argument("--use-cpu", action="store_true", help="run on the CPU")
@@ -61,7 +67,7 @@ def build_parser():
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args = parse_command_line(build_parser(), argv)
     if "LOCAL_RANK" not in os.environ:
         os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu_devices
     with exit_on_user_error("iaunet/main.py"):

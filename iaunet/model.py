@@ -8,6 +8,9 @@ average pooling, BatchNorm1d and a classifier; the test feature is the 2,048-d p
 - IAUnet's IAU block: CIAU (channel interaction) then SIAU (a graph over 4 body-part nodes and a
   global node, whose part maps are supervised by part masks during training).
 - IANet's IA block: SIA (position interaction with a fixed Gaussian location prior) then CIA.
+- The video IAUnet: the same network on the frames of clips, with the released spatial-temporal
+  block (``models/IAU3D.py``, ``models/STIAU.py``): CIAU over channels x frames, then STIAU, a
+  graph over the 4 parts of every frame (parts of one frame and the same part across frames).
 
 State_dict names follow the original (``IAU2.*``, ``IAU3.*``, ``bn``, ``classifier``; IANet's
 ``layer2.4.*``, ``layer3.6.*``), so checkpoints of the original load strictly.
@@ -21,9 +24,19 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from common.checkpoint import load_state_dict_checked, read_state_dict
+from common.eval import Retrieval
 from common.layers.resnet import build_resnet50
 
-__all__ = ["CIAU", "IABlock", "IANet", "IAU", "IAUnet", "NUM_PARTS", "PARTS", "build_model"]
+__all__ = ["CIAU", "IABlock", "IANet", "IAU", "IAU3D", "IAUnet", "INPUT_SIZE", "NUM_PARTS",
+           "PARTS", "RETRIEVAL", "VideoIAUnet", "build_model", "load_trained", "load_weights",
+           "stiau_blocked_edges"]
+
+# What evaluation and deployment need (spec §6): the README's input size and the released test
+# convention (--flip_cnt 1, --distance consine): bicubic resize, the post-BN feature as it is,
+# cosine distance.
+INPUT_SIZE = (256, 128)
+RETRIEVAL = Retrieval(interpolation="bicubic", flip=False, normalize=False, distance="cosine")
 
 PARTS = ("head", "upper", "lower", "shoes")
 NUM_PARTS = len(PARTS)
@@ -73,19 +86,23 @@ class PartAttention(nn.Module):
 
 
 class EdgeWeights(nn.Module):
-    """``Wcompute``: W_ij = softmax_j(BN(Conv([|x_i - x_j| ; u'])) - 1e8 [i = j]) (SIAU step 5)."""
+    """``Wcompute``: W_ij = softmax_j(BN(Conv([|x_i - x_j| ; u'])) - 1e8 M_ij) (SIAU step 5),
+    M the blocked edges: the self loops (SIAU), or the STIAU mask (§3.5)."""
 
     def __init__(self, node_channels):
         super().__init__()
         self.relation = nn.Sequential(conv1x1(2 * node_channels, 1), nn.BatchNorm2d(1))
 
-    def forward(self, nodes, global_node):
-        """nodes (B, C', K), global_node (B, C') -> (B, K, K) row-stochastic weights."""
+    def forward(self, nodes, global_node, blocked=None):
+        """nodes (B, C', K), global_node (B, C'), blocked (K, K) of 0/1 or None (the identity)
+        -> (B, K, K) row-stochastic weights."""
         b, c, k = nodes.shape
         difference = (nodes[:, :, :, None] - nodes[:, :, None, :]).abs()
         context = global_node[:, :, None, None].expand(b, c, k, k)
         scores = self.relation(torch.cat([difference, context], dim=1))[:, 0]
-        scores = scores - 1e8 * torch.eye(k, device=scores.device, dtype=scores.dtype)
+        if blocked is None:
+            blocked = torch.eye(k, device=scores.device)
+        scores = scores - 1e8 * blocked.to(scores.dtype)
         return F.softmax(scores, dim=-1)
 
 
@@ -103,15 +120,16 @@ class NodeUpdate(nn.Module):
 
 
 class SIAUGraph(nn.Module):
-    """The part graph of SIAU (keys ``SIAU.module_w.*``, ``SIAU.module_l.*``)."""
+    """The part graph of SIAU and of STIAU (keys ``module_w.*``, ``module_l.*`` under ``SIAU``
+    or ``STIAU``): nodes (B, C', K) -> updated nodes (B, C', K)."""
 
     def __init__(self, node_channels):
         super().__init__()
         self.module_w = EdgeWeights(node_channels)
         self.module_l = NodeUpdate(node_channels)
 
-    def forward(self, nodes, global_node):
-        return self.module_l(nodes, self.module_w(nodes, global_node))
+    def forward(self, nodes, global_node, blocked=None):
+        return self.module_l(nodes, self.module_w(nodes, global_node, blocked))
 
 
 class IAU(nn.Module):
@@ -143,6 +161,97 @@ class IAU(nn.Module):
         updated = self.SIAU(nodes, global_node)
         readout = torch.cat([updated.mean(dim=2), global_node], dim=1)[:, :, None, None]
         return z + self.W2(readout), attention
+
+
+def stiau_blocked_edges(num_frames, num_parts=NUM_PARTS, device=None):
+    """The STIAU graph mask (§3.5; ``W_init`` of the released ``STIAUModule``): (T P, T P) with
+    1 where the edge is blocked, node t * P + p being part p of frame t.
+
+    Open edges: the other parts of the same frame (spatial interaction) and the same part in the
+    other frames (temporal interaction). Blocked: self loops, and a different part of a
+    different frame.
+    """
+    node = torch.arange(num_frames * num_parts, device=device)
+    same_frame = node[:, None] // num_parts == node[None, :] // num_parts
+    same_part = node[:, None] % num_parts == node[None, :] % num_parts
+    return (same_frame == same_part).float()
+
+
+class ConvBN3d(nn.Module):
+    """Conv3d 1x1x1 (with bias) then BatchNorm3d, as ``SA.conv``: keys ``conv.*`` and ``bn.*``."""
+
+    def __init__(self, in_channels, out_channels):
+        super().__init__()
+        self.conv = nn.Conv3d(in_channels, out_channels, kernel_size=1)
+        self.bn = nn.BatchNorm3d(out_channels)
+
+    def forward(self, x):
+        return self.bn(self.conv(x))
+
+
+class PartAttention3d(nn.Module):
+    """A = sigmoid(BN3d(Conv3d(C -> 4)(Z))): the four part maps of every frame."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.conv = ConvBN3d(channels, NUM_PARTS)
+
+    def forward(self, x):
+        return torch.sigmoid(self.conv(x))
+
+
+def zero_bn3d(channels):
+    bn = nn.BatchNorm3d(channels)
+    nn.init.zeros_(bn.weight)
+    nn.init.zeros_(bn.bias)
+    return bn
+
+
+class IAU3D(nn.Module):
+    """The spatial-temporal IAU block (§3.5; the released ``IAUBlock3D``) on a clip
+    X (B, C, T, H, W):
+
+    - CIAU over the C T rows of X viewed as (B, C T, H W) (channel-time affinity
+      softmax(G Gᵀ) G), then W1 = Conv3d + BN3d: Z = X + W1(...);
+    - STIAU: u = the mean of Z over T, H, W; the four sigmoid part maps of every frame;
+      attention-weighted part sums per frame; ``g`` (C -> C/2) on the T x 4 part nodes and on u;
+      the part graph over the T x 4 nodes with the mask :func:`stiau_blocked_edges`; per frame
+      [mean over parts ; u'] -> W2 = Conv3d + BN3d, added to every position of that frame.
+
+    Returns ``(out (B, C, T, H, W), A (B T, 4, H, W))``. W1 and W2 end in zero-initialised
+    BatchNorms, so the block starts as the identity. ``seq_len`` is the released constructor's T;
+    the mask is built for the T of each input, so any clip length works.
+    """
+
+    def __init__(self, channels, seq_len):
+        super().__init__()
+        half = channels // 2
+        self.seq_len = seq_len
+        self.SA = PartAttention3d(channels)
+        self.g = conv1x1(channels, half)
+        self.STIAU = SIAUGraph(half)
+        self.W1 = nn.Sequential(nn.Conv3d(channels, channels, kernel_size=1), zero_bn3d(channels))
+        self.W2 = nn.Sequential(nn.Conv3d(channels, channels, kernel_size=1), zero_bn3d(channels))
+        for conv in self.modules():  # MSRA fan-out; the two final BatchNorms stay at zero
+            if isinstance(conv, (nn.Conv2d, nn.Conv3d)):
+                nn.init.normal_(conv.weight, 0.0, math.sqrt(2.0 / conv.out_channels))
+
+    def forward(self, x):
+        b, c, t, h, w = x.shape
+        rows = x.reshape(b, c * t, h * w)
+        affinity = F.softmax(rows @ rows.transpose(1, 2), dim=-1)
+        z = x + self.W1((affinity @ rows).reshape(b, c, t, h, w))
+        attention = self.SA(z).transpose(1, 2).reshape(b * t, NUM_PARTS, h, w)
+        frames = z.transpose(1, 2).reshape(b * t, c, h * w)
+        parts = attention.flatten(2) @ frames.transpose(1, 2)  # (B T, 4, C): weighted sums
+        nodes = parts.reshape(b, t * NUM_PARTS, c).transpose(1, 2)  # node t * 4 + p
+        pooled = torch.cat([nodes, z.mean(dim=(2, 3, 4))[:, :, None]], dim=2)
+        reduced = self.g(pooled[:, :, :, None])[:, :, :, 0]  # (B, C/2, T 4 + 1)
+        nodes, global_node = reduced[:, :, :-1], reduced[:, :, -1]
+        updated = self.STIAU(nodes, global_node, stiau_blocked_edges(t, device=x.device))
+        per_frame = updated.reshape(b, -1, t, NUM_PARTS).mean(dim=3)  # (B, C/2, T)
+        readout = torch.cat([per_frame, global_node[:, :, None].expand_as(per_frame)], dim=1)
+        return z + self.W2(readout[:, :, :, None, None]), attention
 
 
 class CIAU(nn.Module):
@@ -255,10 +364,78 @@ class IANet(nn.Module):
         return self.classifier(f), f
 
 
+class VideoIAUnet(nn.Module):
+    """IAUnet for video (§3.5): the IAUnet ResNet-50 (last stride 1) on the B T frames of B
+    clips, with an :class:`IAU3D` block over each clip's T frames after layer2 and after layer3
+    (the image network's places [inferred: the paper's video text was not available]), then
+    per-frame average pooling, the mean over the T frames (temporal average pooling), and the
+    image head (BatchNorm1d, classifier).
+
+    Input clips (B, T, 3, H, W). Train forward: ``(logits, f, [A2, A3])``, A (B T, 4, h, w);
+    eval forward: f (B, 2048). State_dict names are the image IAUnet's with the released 3-D
+    block's inside ``IAU2`` / ``IAU3`` (``SA``, ``g``, ``STIAU``, ``W1``, ``W2``).
+    """
+
+    def __init__(self, num_classes, seq_len=4, pretrained=True, weights_path=None):
+        super().__init__()
+        resnet = build_resnet50(last_stride=1, pretrained=pretrained, weights_path=weights_path)
+        self.conv1, self.bn1, self.relu, self.maxpool = (resnet.conv1, resnet.bn1, resnet.relu,
+                                                         resnet.maxpool)
+        self.layer1, self.layer2 = resnet.layer1, resnet.layer2
+        self.layer3, self.layer4 = resnet.layer3, resnet.layer4
+        self.IAU2 = IAU3D(512, seq_len)
+        self.IAU3 = IAU3D(1024, seq_len)
+        self.bn = nn.BatchNorm1d(2048)
+        self.classifier = nn.Linear(2048, num_classes)
+
+    def forward(self, clips):
+        if clips.dim() != 5:
+            raise ValueError(f"the video IAUnet takes clips (B, T, 3, H, W), got shape "
+                             f"{tuple(clips.shape)}")
+        b, t = clips.shape[:2]
+        x = self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(clips.flatten(0, 1))))))
+        x, attention2 = _per_clip(self.IAU2, self.layer2(x), b, t)
+        x, attention3 = _per_clip(self.IAU3, self.layer3(x), b, t)
+        frames = F.adaptive_avg_pool2d(self.layer4(x), 1).flatten(1)
+        f = self.bn(frames.reshape(b, t, -1).mean(dim=1))
+        if not self.training:
+            return f
+        return self.classifier(f), f, [attention2, attention3]
+
+
+def _per_clip(block, frames, b, t):
+    """Applies a 3-D block to (B T, C, H, W) frame features viewed as B clips (B, C, T, H, W)."""
+    _, c, h, w = frames.shape
+    out, attention = block(frames.reshape(b, t, c, h, w).transpose(1, 2))
+    return out.transpose(1, 2).reshape(b * t, c, h, w), attention
+
+
 def build_model(num_classes, arch="iaunet", **options):
-    """``arch="iaunet"`` (default) or ``"ianet"``; ``options`` are the class's keyword arguments."""
+    """``arch="iaunet"`` (default), ``"ianet"`` or ``"iaunet_video"``; ``options`` are the
+    class's keyword arguments."""
     if arch == "iaunet":
         return IAUnet(num_classes, **options)
     if arch == "ianet":
         return IANet(num_classes, **options)
-    raise ValueError(f"--arch {arch!r}: choose iaunet or ianet")
+    if arch == "iaunet_video":
+        return VideoIAUnet(num_classes, **options)
+    raise ValueError(f"--arch {arch!r}: choose iaunet or ianet (images), iaunet_video (clips)")
+
+
+def load_weights(model, state, source="weights"):
+    """Loads a state_dict strictly (every key and shape named on a mismatch)."""
+    return load_state_dict_checked(model, state, source=source,
+                                   hint=". Was it trained with the same -a/--arch?")
+
+
+def load_trained(path, **options):
+    """The network of a file written by ``iaunet/main.py`` or the original code (a
+    ``checkpoint_ep*`` / ``best_model`` file, a training state or a bare state_dict): the class
+    count and the architecture (IAUnet or IANet) are read from the weights."""
+    state = read_state_dict(path)[0]
+    arch = "ianet" if "layer2.4.W1.weight" in state else "iaunet"
+    classifier = state.get("classifier.weight")
+    model = build_model(751 if classifier is None else int(classifier.shape[0]), arch=arch,
+                        pretrained=False, **options)
+    load_weights(model, state, source=str(path))
+    return model

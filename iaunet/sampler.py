@@ -4,7 +4,9 @@
 Each epoch every identity's images are shuffled (drawn with replacement up to K when it has
 fewer) and cut into chunks of K, the remainder dropped; all chunks are shuffled together and
 read in order, ``batch_size`` images a batch. Unlike the P x K sampler, an epoch covers nearly
-every image once, and two chunks of one identity can land in the same batch.
+every image once, and two chunks of one identity can land in the same batch. A batch made only
+of one identity's chunks (possible on tiny training sets; the original crashed on it) is left
+out.
 """
 
 from __future__ import annotations
@@ -22,8 +24,13 @@ class ChunkShuffleSampler(IdentitySampler):
         if num_instances < 1 or batch_size % num_instances:
             raise ValueError(f"--train-batch {batch_size} must be a multiple of "
                              f"--num-instances {num_instances}")
+        if batch_size // num_instances < 2:
+            raise ValueError(f"--train-batch {batch_size} with --num-instances {num_instances} "
+                             f"makes batches of one identity, which give the triplet loss no "
+                             f"negative; use --train-batch {2 * num_instances} or more")
         super().__init__(pids, seed, num_replicas, rank)
         self.batch_size, self.num_instances = batch_size, num_instances
+        self.pid_of = {index: pid for pid, indices in self.index_of.items() for index in indices}
 
     def batches(self):
         rng = self.epoch_rng()
@@ -40,6 +47,9 @@ class ChunkShuffleSampler(IdentitySampler):
         order = [index for chunk in rng.permutation(len(chunks)) for index in chunks[chunk]]
         batches = [order[i:i + self.batch_size]
                    for i in range(0, len(order) - self.batch_size + 1, self.batch_size)]
+        # a batch whose chunks all come from one identity has no triplet negative (the original
+        # crashed on it; it can only happen on very small training sets): it is left out
+        batches = [batch for batch in batches if len({self.pid_of[i] for i in batch}) > 1]
         return batches[:len(batches) - len(batches) % self.num_replicas]
 
     def __iter__(self):

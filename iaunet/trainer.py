@@ -18,33 +18,28 @@ is always evaluated; the flipped query features work.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from common.checkpoint import (CheckpointError, load_checkpoint, load_state_dict_checked,
-                               resume_from, save_checkpoint, unwrap_model)
+from common.checkpoint import CheckpointError, load_checkpoint, read_state_dict
 from common.data import ImageDataset, build_dataset
 from common.data.transforms import CIFAR_MEAN, build_test_transform, build_train_transform
-from common.eval import compute_distance_matrix, evaluate_rank, extract_features, format_results
-from common.eval.report import results_to_dict
+from common.engine import Engine, EvalTarget, open_run
+from common.eval import Retrieval
 from common.files import atomic_write
-from common.history import LossMeter, TrainingHistory
-from common.runtime import (autocast, distributed_session, grad_scaler, optimizer_step,
-                            OptionError, seed_everything, select_device, setup_logging,
-                            step_scheduler)
+from common.runrecord import adopt_recorded_flags, write_run_record
+from common.runtime import OptionError, distributed_session, step_scheduler
 from iaunet.loss import DISTANCES, IAUnetLoss
 from iaunet.masks import MaskedImageDataset, find_mask_folder
-from iaunet.model import build_model
+from iaunet.model import build_model, load_weights
 from iaunet.sampler import ChunkShuffleSampler
+from iaunet import video
 
-__all__ = ["ARCHS", "DATASET_NAMES", "OptionError", "TRAINING_STATE", "run"]
+__all__ = ["ARCHS", "DATASET_NAMES", "IAUnetEngine", "OptionError", "TRAINING_STATE", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +69,12 @@ def build_loaders(args, dataset, distributed, pin_memory):
                                **options) for samples in (dataset.query, dataset.gallery)]
     if args.evaluate:
         return None, *test_loaders
-    sampler = ChunkShuffleSampler([s.pid for s in dataset.train], args.train_batch,
-                                  args.num_instances, seed=args.seed,
-                                  num_replicas=distributed.world_size, rank=distributed.rank)
+    try:
+        sampler = ChunkShuffleSampler([s.pid for s in dataset.train], args.train_batch,
+                                      args.num_instances, seed=args.seed,
+                                      num_replicas=distributed.world_size, rank=distributed.rank)
+    except ValueError as err:
+        raise OptionError(str(err)) from None
     masks = dataset.train and find_mask_folder(Path(dataset.train[0].path).parent)
     if masks:
         train_set = MaskedImageDataset(dataset.train, args.height, args.width)
@@ -96,112 +94,62 @@ def build_loaders(args, dataset, distributed, pin_memory):
     return train_loader, *test_loaders
 
 
-class Trainer:
-    """One run: the epochs, the evaluations and the files in ``--save-dir``."""
+class IAUnetEngine(Engine):
+    """The released ``train.py`` loop (spec §5-§7) on the shared run skeleton."""
 
-    def __init__(self, args, model, criterion, optimizer, scheduler, device, distributed,
-                 loaders):
-        self.args, self.save_dir = args, Path(args.save_dir)
-        self.model, self.criterion = model, criterion
-        self.optimizer, self.scheduler = optimizer, scheduler
-        self.device, self.distributed = device, distributed
-        self.train_loader, self.query_loader, self.gallery_loader = loaders
-        self.scaler = grad_scaler(device, args.amp)
-        self.history = TrainingHistory()
-        self.epoch = 0
-        self.best_rank1 = -1.0
+    name = "IAUnet"
+    schedule_at_epoch_start = True  # the released pre-1.1 convention
+    state_file = TRAINING_STATE
 
-    def train_epoch(self):
-        args = self.args
-        step_scheduler(self.scheduler)  # stepped before training: the released convention
-        self.train_loader.batch_sampler.set_epoch(self.epoch)
-        self.model.train()
-        meter = LossMeter()
-        progress = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{args.max_epoch}",
-                        leave=False, disable=not self.distributed.is_main)
-        for batch in progress:
-            images, pids = batch[0].to(self.device), batch[1].to(self.device)
-            masks = batch[3].to(self.device) if len(batch) > 3 else None
-            with autocast(self.device, args.amp):
-                outputs = self.model(images)
-            total, terms = self.criterion(outputs, pids, masks)
-            optimizer_step(total, self.optimizer, self.scaler)
-            meter.update({**terms, "total": total})
-            progress.set_postfix(loss=f"{meter.means()['total']:.3f}")
-        self.epoch += 1
-        losses = meter.means()
-        lr = self.optimizer.param_groups[0]["lr"]
-        self.history.log_epoch(self.epoch, lr, losses)
-        log.info(f"Epoch {self.epoch} lr {lr:.2e} "
-                 + " ".join(f"{k} {v:.4f}" for k, v in losses.items()))
+    def __init__(self, context, model, args, **parts):
+        distance = "cosine" if DISTANCES[args.distance] == "cosine" else "sqeuclidean"
+        retrieval = Retrieval("bicubic", flip=args.flip_cnt == 2, normalize=False,
+                              distance=distance,
+                              protocol="cuhk03" if args.use_metric_cuhk03 else "standard")
+        super().__init__(context, model, retrieval=retrieval, max_epoch=args.max_epoch,
+                         amp=args.amp, **parts)
+        self.args = args
+        self.name = args.arch
 
-    def test(self):
-        args, model = self.args, unwrap_model(self.model)
-        extract = dict(device=self.device, flip=args.flip_cnt == 2, normalize=False,
-                       amp=args.amp, progress=self.distributed.is_main)
-        qf, q_pids, q_camids = extract_features(model, self.query_loader, desc="query", **extract)
-        gf, g_pids, g_camids = extract_features(model, self.gallery_loader, desc="gallery",
-                                                **extract)
-        metric = "cosine" if DISTANCES[args.distance] == "cosine" else "sqeuclidean"
-        distmat = compute_distance_matrix(qf, gf, metric)
-        results = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids,
-                                protocol="cuhk03" if args.use_metric_cuhk03 else "standard")
-        log.info(format_results(results))
-        return results
+    def evaluate_target(self, name, target):
+        """Images: the engine's evaluation. Video (``-d mars`` ...): tracklet features, the mean
+        of their clip features (``iaunet/video.py``)."""
+        if not video.is_video(self.args):
+            return super().evaluate_target(name, target)
+        results = video.evaluate_tracklets(self.module, target.query_loader,
+                                           target.gallery_loader, self.args, self.device,
+                                           progress=self.is_main)
+        return results, None
 
-    def evaluate_and_save(self):
-        results = self.test()
-        cmc = results["cmc"]
-        self.history.log_evaluation(self.epoch, {"mAP": results["mAP"], "rank1": cmc[0],
-                                                 "rank5": cmc[4], "rank10": cmc[9],
-                                                 "rank20": cmc[19]})
-        path = self.save_dir / f"checkpoint_ep{self.epoch}.pth.tar"
+    def compute_loss(self, batch):
+        pids = batch[1].to(self.device)
+        masks = batch[3].to(self.device) if len(batch) > 3 else None
+        return self.criterion(self.forward(batch[0]), pids, masks)
+
+    def evaluation_due(self):
+        return (self.epoch % self.args.eval_step == 0 or self.epoch == 1
+                or self.epoch == self.max_epoch)
+
+    def save_weights(self, evaluated, is_best):
+        """At each evaluation ``checkpoint_ep{E}.pth.tar`` (``{state_dict, rank1, epoch}``, the
+        original's format, epoch 0-based) and, for the best rank-1, ``best_model.pth.tar``."""
+        if not evaluated:
+            return
+        path = self.folder / f"checkpoint_ep{self.epoch}.pth.tar"
         with atomic_write(path) as handle:
-            torch.save({"state_dict": unwrap_model(self.model).state_dict(),
-                        "rank1": float(cmc[0]), "epoch": self.epoch - 1}, handle)
-        if cmc[0] > self.best_rank1:
-            self.best_rank1 = float(cmc[0])
-            shutil.copyfile(path, self.save_dir / "best_model.pth.tar")
-            write_results(self.save_dir / "results_best.json", "best", self.epoch, results)
-
-    def save_state(self):
-        save_checkpoint(self.save_dir / TRAINING_STATE, model=self.model, epoch=self.epoch,
-                        optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
-                        best_rank1=self.best_rank1, history=self.history.state_dict())
-        self.history.write(self.save_dir)
-
-    def resume(self, path, loaded=None):
-        checkpoint = resume_from(path, unwrap_model(self.model), self.optimizer, self.scheduler,
-                                 self.scaler, map_location=self.device, loaded=loaded)
-        self.epoch, self.best_rank1 = checkpoint["epoch"], checkpoint["best_rank1"]
-        self.history.load_state_dict(checkpoint["history"])
-        log.info(f"resumed {path} after epoch {self.epoch}")
-
-    def fit(self):
-        args = self.args
-        while self.epoch < args.max_epoch:
-            self.train_epoch()
-            evaluate = (self.epoch % args.eval_step == 0 or self.epoch == 1
-                        or self.epoch == args.max_epoch)
-            if self.distributed.is_main:
-                if evaluate:
-                    self.evaluate_and_save()
-                self.save_state()
-            if self.distributed.enabled:
-                torch.distributed.barrier()
-
-
-def write_results(path, kind, epoch, results):
-    payload = {"method": "IAUnet", "kind": kind, "epoch": epoch,
-               "results": results_to_dict(results, ranks=(1, 5, 10, 20))}
-    with atomic_write(path, "w") as handle:
-        json.dump(payload, handle, indent=2)
-        handle.write("\n")
+            torch.save({"state_dict": self.module.state_dict(),
+                        "rank1": self.history.evaluations[-1]["rank1"], "epoch": self.epoch - 1},
+                       handle)
+        if is_best:
+            with atomic_write(self.folder / "best_model.pth.tar") as handle, open(path, "rb") as src:
+                shutil.copyfileobj(src, handle)
 
 
 def check_options(args):
-    if args.dataset not in DATASET_NAMES:
-        raise OptionError(f"-d {args.dataset!r}: choose one of {', '.join(DATASET_NAMES)}")
+    if args.dataset not in DATASET_NAMES and not video.is_video(args):
+        raise OptionError(f"-d {args.dataset!r}: choose one of "
+                          f"{', '.join([*DATASET_NAMES, *video.VIDEO_DATASETS])}")
+    video.check_video_options(args)
     if args.arch not in ARCHS:
         raise OptionError(f"-a {args.arch!r}: choose IAUnet or IANet")
     if args.train_batch % args.num_instances:
@@ -215,17 +163,17 @@ def check_options(args):
 
 def run(args):
     check_options(args)
-    with distributed_session(cpu=args.use_cpu) as distributed:
-        _run(args, distributed)
-
-
-def _run(args, distributed):
     save_dir = Path(args.save_dir)
-    setup_logging(save_dir / ("log_test.txt" if args.evaluate else "log_train.txt"),
-                  main_process=distributed.is_main)
+    with distributed_session(cpu=args.use_cpu) as distributed:
+        with open_run(save_dir, log_name="log_test.txt" if args.evaluate else "log_train.txt",
+                      seed=args.seed, cpu=args.use_cpu, distributed=distributed,
+                      resume_hint=f"--resume {save_dir / TRAINING_STATE}") as context:
+            _run(args, context)
+
+
+def _run(args, context):
     log.info(f"Args: {vars(args)}")
-    seed_everything(args.seed + distributed.rank)
-    device = select_device(args.use_cpu, distributed.local_rank)
+    save_dir, distributed = context.folder, context.distributed
     state_path = save_dir / TRAINING_STATE
     resume = Path(args.resume) if args.resume else None
     if resume is not None and not resume.is_file():
@@ -233,60 +181,63 @@ def _run(args, distributed):
     if not args.evaluate and resume is None and state_path.exists():
         raise OptionError(f"{save_dir} already holds a run ({TRAINING_STATE}); continue it with "
                           f"--resume {state_path}, or pick another --save-dir")
+    if args.evaluate:
+        adopt_recorded_flags(args, resume, getattr(args, "explicit", ()), ("height", "width"),
+                             lambda name: f"--{name}", OptionError)
+    elif context.is_main:
+        write_run_record(save_dir, "iaunet", (args.height, args.width), "bicubic",
+                         flags={"height": args.height, "width": args.width})
     checkpoint = load_checkpoint(resume) if resume is not None else None
     exact_resume = checkpoint is not None and "optimizer" in checkpoint and not args.evaluate
     weights = None
     if checkpoint is not None and not exact_resume:
-        weights = checkpoint.get("state_dict", checkpoint.get("model"))
-        if not isinstance(weights, dict) or "classifier.weight" not in weights:
-            raise CheckpointError(f"--resume {resume} holds no IAUnet/IANet state_dict")
+        weights = read_state_dict(resume, loaded=checkpoint)[0]
 
-    dataset = build_dataset(DATASET_NAMES[args.dataset], args.root)
+    is_video = video.is_video(args)
+    dataset = (video.load_video_dataset(args) if is_video
+               else build_dataset(DATASET_NAMES[args.dataset], args.root))
     log.info(dataset.summary())
-    loaders = build_loaders(args, dataset, distributed, pin_memory=device.type == "cuda")
-    num_classes = (int(weights["classifier.weight"].shape[0]) if weights is not None
+    loaders = (video.build_video_loaders if is_video else build_loaders)(
+        args, dataset, distributed, pin_memory=context.device.type == "cuda")
+    num_classes = (int(weights["classifier.weight"].shape[0])
+                   if weights is not None and "classifier.weight" in weights
                    else dataset.num_train_pids)
-    options = {"input_size": (args.height, args.width)} if ARCHS[args.arch] == "ianet" else {}
-    model = build_model(num_classes, arch=ARCHS[args.arch],
+    arch = ARCHS[args.arch]
+    options = {"input_size": (args.height, args.width)} if arch == "ianet" else {}
+    if is_video:
+        arch, options = "iaunet_video", {"seq_len": args.seq_len}
+    model = build_model(num_classes, arch=arch,
                         pretrained=not args.no_pretrained and checkpoint is None,
-                        weights_path=args.pretrained_path, **options).to(device)
+                        weights_path=args.pretrained_path, **options).to(context.device)
     if weights is not None:
-        load_state_dict_checked(model, weights, source=f"--resume {resume}",
-                                hint=". Was it trained with the same -a/--arch?")
+        load_weights(model, weights, source=f"--resume {resume}")
     criterion = IAUnetLoss(num_classes, margin=args.margin, distance=args.distance,
                            alpha=args.alpha, mode=args.mode)
     optimizer = build_optimizer(args, model)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=args.stepsize,
                                                      gamma=args.gamma)
-    trainer = Trainer(args, model, criterion, optimizer, scheduler, device, distributed, loaders)
+    engine = IAUnetEngine(
+        context, model, args, criterion=criterion, optimizer=optimizer, scheduler=scheduler,
+        train_loader=loaders[0],
+        targets={dataset.name: EvalTarget(dataset, *loaders[1:])},
+        weights_source=str(resume) if resume is not None else "random initialisation")
     if args.evaluate:
         if distributed.is_main:
-            results = trainer.test()
-            write_results(save_dir / "results_test.json", "test", checkpoint.get("epoch"),
-                          results)
-            print(format_results(results), flush=True)
+            epoch = checkpoint.get("epoch") if isinstance(checkpoint, dict) else None
+            engine.report("evaluate", engine.evaluate(),
+                          epoch=None if epoch is None else int(epoch) + 1)
         return
     if exact_resume:
-        trainer.resume(resume, loaded=checkpoint)
+        engine.resume(resume, loaded=checkpoint)
     elif weights is not None:  # a checkpoint_ep file: weights and epoch; the schedule follows
         finished = int(checkpoint.get("epoch", -1)) + 1
         step_scheduler(scheduler, finished)
-        trainer.epoch = finished
+        engine.epoch = finished
         log.warning(f"--resume {resume}: weights only, continuing after epoch {finished}; the "
                     f"optimizer starts afresh (resume from {TRAINING_STATE} for an exact "
                     f"continuation)")
     del checkpoint, weights  # the model and optimizer hold copies: the file is not kept for the run
-    if distributed.enabled:
-        trainer.model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    elif device.type == "cuda" and torch.cuda.device_count() > 1:
-        trainer.model = nn.DataParallel(model)
-    log.info(f"Start training {args.max_epoch - trainer.epoch} epochs on {device}")
-    trainer.fit()
-    best = save_dir / "results_best.json"
-    if distributed.is_main and best.exists():
-        row = json.loads(best.read_text())
-        r = row["results"]
-        print(f"{args.arch} best rank-1 at epoch {row['epoch']}: mAP {100 * r['mAP']:.1f} "
-              f"R1 {100 * r['rank1']:.1f} R5 {100 * r['rank5']:.1f} R10 {100 * r['rank10']:.1f} "
-              f"R20 {100 * r['rank20']:.1f}", flush=True)
+    engine.wrap_for_training()
+    log.info(f"Start training {args.max_epoch - engine.epoch} epochs on {context.device}")
+    engine.fit()
+    engine.report_best()

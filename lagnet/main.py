@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 
+from common.runrecord import parse_command_line
 from common.runtime import add_runtime_flags, exit_on_user_error
 from lagnet.trainer import DATASET_NAMES, run
 
@@ -92,7 +93,7 @@ def build_parser():
 
 
 def parse_args(argv=None):
-    args = build_parser().parse_args(argv)
+    args = parse_command_line(build_parser(), argv)
     for key, value in vars(args).items():  # the original turns 'True' / 'False' into booleans
         if value in ("True", "False"):
             setattr(args, key, value == "True")

@@ -14,24 +14,38 @@ each has a switch whose default is the released behaviour:
   ``"fixed"`` uses GMP + GAP like the other branches.
 
 Modules of the original whose outputs are never used are left out: the ``test`` copy of the whole
-ResNet-50, the SE ``channel_attention`` and ``reduction_4..6`` (§3.1, §3.2, §3.5). A checkpoint of
-the original code still loads; :func:`load_weights` reports those keys as ignored.
+ResNet-50, the SE ``channel_attention`` and ``reduction_4..6`` (§3.1, §3.2, §3.5). Every other
+state_dict name and shape is the original's (§7). A checkpoint of the original code still loads;
+:func:`load_weights` reports those keys as ignored. Files written by earlier versions of this
+project, which numbered each stream's layer3 blocks 1-5, are renamed by :func:`read_weights`.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
+import re
 from typing import NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.checkpoint import load_checkpoint, load_state_dict_checked
+from common.checkpoint import load_state_dict_checked, read_state_dict
+from common.eval import Retrieval
 from common.layers.resnet import build_resnet50, remove_stage_stride
 
-__all__ = ["FcWeight", "LAG", "LAGOutputs", "ORIGINAL_UNUSED_PREFIXES", "build_model",
-           "load_weights", "read_weights"]
+__all__ = ["FcWeight", "INPUT_SIZE", "LAG", "LAGOutputs", "ORIGINAL_UNUSED_PREFIXES", "RETRIEVAL",
+           "build_model", "load_trained", "load_weights", "read_weights",
+           "rename_legacy_stream_keys"]
+
+log = logging.getLogger("lagnet")
+
+# What evaluation and deployment need (spec §2, §6): the README's input size and the test
+# convention: bicubic resize, features of the image and its mirror summed then L2-normalised
+# (the same ranking as their mean), Euclidean distance.
+INPUT_SIZE = (384, 128)
+RETRIEVAL = Retrieval(interpolation="bicubic", flip=True, normalize=True, distance="euclidean")
 
 NUM_STREAM_CHANNELS = 2048
 NUM_PARTS = 3
@@ -172,7 +186,9 @@ class LAG(nn.Module):
         resnet = build_resnet50(pretrained=pretrained, weights_path=weights_path)
         self.backbone = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool,
                                       resnet.layer1, resnet.layer2, resnet.layer3[0])
-        conv4 = resnet.layer3[1:]
+        # a new Sequential of the five blocks, numbered 0-4 as in the original (slicing
+        # ``layer3[1:]`` would keep the numbers 1-5)
+        conv4 = nn.Sequential(*list(resnet.layer3.children())[1:])
         conv5_stride1 = remove_stage_stride(copy.deepcopy(resnet.layer4))
         self.global_stream = nn.Sequential(copy.deepcopy(conv4), copy.deepcopy(resnet.layer4))
         self.part_stream = nn.Sequential(copy.deepcopy(conv4), copy.deepcopy(conv5_stride1))
@@ -227,21 +243,56 @@ def build_model(num_classes, **options):
     return LAG(num_classes, **options)
 
 
+STREAM_NAMES = ("global_stream", "part_stream", "la_stream")
+# "<stream>.0.<k>.": a key of the k-th layer3 block of a stream
+STREAM_BLOCK_KEY = re.compile(rf"^({'|'.join(STREAM_NAMES)})\.0\.(\d)\.")
+
+
+def rename_legacy_stream_keys(state, source="weights"):
+    """``state`` with the stream names of the original (§7), whichever numbering it uses.
+
+    Earlier versions of this project named each stream's five layer3 blocks ``<stream>.0.1`` to
+    ``.0.5`` (the numbers slicing ``layer3[1:]`` keeps); the original, and this version, use
+    ``.0.0`` to ``.0.4``. A state_dict with a ``<stream>.0.5.`` key, which the original never
+    has, is in the old numbering: it is renamed, and a one-line warning naming ``source`` says so.
+    Any other state_dict is returned unchanged.
+    """
+    if not any(key.startswith(f"{stream}.0.5.") for stream in STREAM_NAMES for key in state):
+        return state
+    log.warning(f"{source} uses the layer3 block numbering of earlier versions of this project "
+                f"(<stream>.0.1-5); renamed to the original's (<stream>.0.0-4)")
+    return {STREAM_BLOCK_KEY.sub(lambda m: f"{m[1]}.0.{int(m[2]) - 1}.", key): value
+            for key, value in state.items()}
+
+
 def read_weights(path):
-    """The model state_dict in ``path``: a plain state_dict (the original code's ``model_*.pt``,
-    with or without a ``module.`` prefix) or a training checkpoint of ours (its ``"model"``)."""
-    state = load_checkpoint(path)
-    if isinstance(state, dict) and "model" in state and "epoch" in state:
-        state = state["model"]
-    return {key.removeprefix("module."): value for key, value in state.items()}
+    """The model state_dict in ``path``: a plain state_dict (the original code's ``model_*.pt``)
+    or a training checkpoint of ours (its ``"model"``), with any ``module.`` prefix removed and
+    names of earlier versions of this project renamed (:func:`rename_legacy_stream_keys`)."""
+    state = read_state_dict(path, entries=("model", "state_dict"))[0]
+    return rename_legacy_stream_keys(state, source=str(path))
 
 
-def load_weights(model, state, source="weights"):
-    """Loads a :func:`read_weights` state_dict and returns the keys that were ignored.
+def load_weights(model, state, source="weights", new_classes_ok=False):
+    """Loads a :func:`read_weights` state_dict; returns the :class:`LoadReport`.
 
     Keys of the original's unused modules (:data:`ORIGINAL_UNUSED_PREFIXES`) are ignored and
-    returned; any other missing or unexpected key is a CheckpointError.
+    listed in it; with ``new_classes_ok`` (fine-tuning) classifiers of another class count are
+    re-initialised and listed; any other missing, unexpected or mis-shaped key is a
+    CheckpointError that names it.
     """
     return load_state_dict_checked(
         model, state, ignore_unexpected=ORIGINAL_UNUSED_PREFIXES, source=source,
+        new_classes_ok=new_classes_ok,
         hint=". Is it a LAG-Net checkpoint built with the same --feats?")
+
+
+def load_trained(path, **options):
+    """The network of a file written by ``lagnet/main.py`` or the original code: the class count
+    is read from the weights; ``options`` are the architecture flags the run used."""
+    state = read_weights(path)
+    classifier = state.get("classifier_gs.classifier.0.weight")
+    model = build_model(751 if classifier is None else int(classifier.shape[0]), pretrained=False,
+                        **options)
+    load_weights(model, state, source=str(path))
+    return model

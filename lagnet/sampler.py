@@ -14,7 +14,10 @@ class IdentityGroupSampler(IdentitySampler):
     replacement (an identity with fewer than K images has its list repeated K times first, so it
     may show an image twice); consecutive runs of ``batchid`` (P) identities form the batches.
     An epoch is thus ``num_ids * K`` images and its last batch may be smaller, as in the original
-    (Market-1501 with P=8, K=4: 94 batches, the last of 7 identities).
+    (Market-1501 with P=8, K=4: 94 batches, the last of 7 identities). A last batch of a single
+    identity (e.g. 16 identities with P=5: 5, 5, 5, 1; MSMT17's 1,041 with P=8) would give the
+    triplet loss no negative, and the original crashed on it; here it joins the batch before
+    (5, 5, 6), so every identity is still seen once per epoch.
 
     The original is unseeded; here the draw depends only on ``seed`` and :meth:`set_epoch`. With
     ``num_replicas`` > 1 (DDP), process ``rank`` takes batches ``rank, rank + num_replicas, ...``
@@ -42,6 +45,9 @@ class IdentityGroupSampler(IdentitySampler):
                 indices = indices * self.batchimage
             groups.append(rng.choice(indices, size=self.batchimage, replace=False).tolist())
         batches = [sum(groups[i:i + self.batchid], []) for i in range(0, len(groups), self.batchid)]
+        if len(batches) > 1 and len(groups) % self.batchid == 1:
+            last = batches.pop()
+            batches[-1] = batches[-1] + last
         if self.num_replicas > 1:
             batches = batches[:len(batches) - len(batches) % self.num_replicas]
         return batches
@@ -51,6 +57,8 @@ class IdentityGroupSampler(IdentitySampler):
 
     def __len__(self):
         count = -(-len(self.pids) // self.batchid)
+        if count > 1 and len(self.pids) % self.batchid == 1:
+            count -= 1
         if self.num_replicas > 1:
             count -= count % self.num_replicas
         return len(range(self.rank, count, self.num_replicas))

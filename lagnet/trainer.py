@@ -10,29 +10,23 @@ epoch is always evaluated and saved, and an interrupted run resumes exactly with
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
-import time
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from common.checkpoint import CheckpointError, resume_from, save_checkpoint, unwrap_model
+from common.checkpoint import CheckpointError, load_checkpoint
 from common.data import ImageDataset, build_dataset
 from common.data.transforms import build_test_transform, build_train_transform
-from common.eval import compute_distance_matrix, evaluate_rank, extract_features, re_ranking
-from common.eval.report import results_to_dict
+from common.engine import Engine, EvalTarget, open_run
 from common.files import atomic_write
-from common.history import LossMeter, TrainingHistory
-from common.runtime import (autocast, distributed_session, grad_scaler, optimizer_step,
-                            OptionError, seed_everything, select_device, setup_logging,
-                            step_scheduler)
+from common.runrecord import adopt_recorded_flags, write_run_record
+from common.runtime import OptionError, distributed_session
 from lagnet.loss import LAGLoss, parse_loss_string
-from lagnet.model import build_model, load_weights, read_weights
+from lagnet.model import (RETRIEVAL, build_model, load_weights, read_weights,
+                          rename_legacy_stream_keys)
 from lagnet.sampler import IdentityGroupSampler
 
 __all__ = ["DATASET_NAMES", "OptionError", "parse_decay_type", "run"]
@@ -43,6 +37,10 @@ EXPERIMENT_ROOT = Path("experiment")
 # The original's main loop counter starts at 200, so evaluation falls on epochs where
 # (200 + epoch) % test_every == 0 (spec §1, "Main loop").
 EVAL_COUNTER_START = 200
+
+# What evaluating the weights needs that they do not show (written to run.json): the input size
+# and the build_model options that change only the forward pass (--feats shows in the shapes).
+RECORDED_FLAGS = ("height", "width", "num_attentions", "part_split", "drop_pool")
 
 # --data_train / --data_test: the original's class name, or any of common/'s dataset names.
 DATASET_NAMES = {
@@ -109,18 +107,6 @@ def experiment_dir(args):
     return path
 
 
-def reset_experiment(path):
-    """``--reset``: deletes ``experiment/<name>`` and nothing else (the original ran rm -rf).
-
-    Returns whether there was something to delete."""
-    if path.is_symlink():
-        raise OptionError(f"--reset: {path} is a link; remove it by hand")
-    if not path.exists():
-        return False
-    shutil.rmtree(path)
-    return True
-
-
 def load_data(args, distributed):
     if args.data_train not in DATASET_NAMES:
         raise OptionError(f"unknown --data_train {args.data_train!r}; choose one of "
@@ -137,9 +123,12 @@ def load_data(args, distributed):
         erasing=args.probability if args.random_erasing else 0.0,
         erasing_mean=(0.0, 0.0, 0.0), interpolation="bicubic"))
     test_transform = build_test_transform(args.height, args.width, interpolation="bicubic")
-    sampler = IdentityGroupSampler([s.pid for s in dataset.train], args.batchid, args.batchimage,
-                                   seed=args.seed, num_replicas=distributed.world_size,
-                                   rank=distributed.rank)
+    try:
+        sampler = IdentityGroupSampler([s.pid for s in dataset.train], args.batchid,
+                                       args.batchimage, seed=args.seed,
+                                       num_replicas=distributed.world_size, rank=distributed.rank)
+    except ValueError as err:
+        raise OptionError(f"--datadir {args.datadir}: {err}") from None
     loader_options = {"num_workers": args.nThread,
                       "pin_memory": not args.cpu and torch.cuda.is_available()}
     train_loader = DataLoader(train_set, batch_sampler=sampler, persistent_workers=args.nThread > 0,
@@ -177,137 +166,66 @@ def resolve_num_classes(args, dataset, weights, state):
     return dataset.num_train_pids
 
 
-class Trainer:
-    """One LAG-Net run: the epochs, the evaluations and the files in the experiment folder."""
+class LAGNetEngine(Engine):
+    """The released training loop (spec §1, §5, §7) on the shared run skeleton."""
 
-    def __init__(self, args, folder, model, criterion, optimizer, scheduler, device,
-                 distributed, data):
-        self.args, self.folder = args, folder
-        self.model, self.criterion = model, criterion
-        self.optimizer, self.scheduler = optimizer, scheduler
-        self.device, self.distributed = device, distributed
-        self.dataset, self.train_loader, self.query_loader, self.gallery_loader = data
-        self.scaler = grad_scaler(device, args.amp)
-        self.history = TrainingHistory()
-        self.epoch = 0
-        self.num_epochs = args.epochs if args.train_all_epochs else args.epochs - 1
+    name = "LAG-Net"
+    best_key = "mAP"
+    schedule_at_epoch_start = True  # the original steps its scheduler before each epoch (§5)
 
-    @property
-    def is_main(self):
-        return self.distributed.is_main
+    def __init__(self, context, model, args, **parts):
+        super().__init__(context, model, amp=args.amp, re_rank=args.re_rank, retrieval=RETRIEVAL,
+                         max_epoch=args.epochs if args.train_all_epochs else args.epochs - 1,
+                         **parts)
+        self.args = args
 
-    def train_epoch(self):
-        """Trains one epoch; returns the mean of each weighted loss term and ``Total``."""
-        self.epoch += 1
-        step_scheduler(self.scheduler)  # before the epoch: the original's schedule (spec §5)
-        self.train_loader.batch_sampler.set_epoch(self.epoch)
+    def prepare_epoch(self):
+        self.train_loader.batch_sampler.set_epoch(self.epoch + 1)
         self.model.train()
         self.criterion.train()
-        meter = LossMeter()
-        progress = tqdm(self.train_loader, desc=f"epoch {self.epoch}/{self.num_epochs}",
-                        leave=False, disable=not self.is_main)
-        for images, labels, _ in progress:
-            images, labels = images.to(self.device), labels.to(self.device)
-            with autocast(self.device, self.args.amp):
-                outputs = self.model(images)
-            total, terms = self.criterion(outputs, labels)
-            optimizer_step(total, self.optimizer, self.scaler)
-            meter.update({**terms, "Total": total})
-            progress.set_postfix(loss=f"{meter.means()['Total']:.3f}")
-        losses = meter.means()
-        lr = self.optimizer.param_groups[0]["lr"]
-        self.history.log_epoch(self.epoch, lr, losses)
-        log.info(f"[Epoch {self.epoch}/{self.num_epochs}] lr {lr:.2e} "
-                 + " ".join(f"{name} {value:.4f}" for name, value in losses.items()))
-        return losses
 
-    def test(self):
-        """Evaluates on the query and gallery sets (spec §6); returns evaluate_rank's dict."""
-        model = unwrap_model(self.model)
-        start = time.time()
-        extract = dict(device=self.device, flip=True, normalize=True, amp=self.args.amp,
-                       progress=self.is_main)
-        qf, q_pids, q_camids = extract_features(model, self.query_loader, desc="query", **extract)
-        gf, g_pids, g_camids = extract_features(model, self.gallery_loader, desc="gallery",
-                                                **extract)
-        distmat = compute_distance_matrix(qf, gf, "euclidean")
-        if self.args.re_rank:
-            distmat = re_ranking(distmat, compute_distance_matrix(qf, qf, "euclidean"),
-                                 compute_distance_matrix(gf, gf, "euclidean"))
-        results = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, protocol="standard")
-        self.history.log_evaluation(self.epoch, _metrics(results))
-        best = self.history.best()
-        cmc = results["cmc"]
-        log.info(f"[mAP: {results['mAP']:.4f} rank1: {cmc[0]:.4f} rank3: {cmc[2]:.4f} "
-                 f"rank5: {cmc[4]:.4f} rank10: {cmc[9]:.4f} (Best: {best['mAP']:.4f} "
-                 f"@epoch {best['epoch']})] {time.time() - start:.1f}s")
-        return results
+    def compute_loss(self, batch):
+        images, labels, _ = batch
+        return self.criterion(self.forward(images), labels.to(self.device))
 
-    def save(self, results=None):
-        """Writes the model files, the resumable state, the history and its plots (main only)."""
-        if not self.is_main:
-            return
-        state = unwrap_model(self.model).state_dict()
+    def evaluation_due(self):
+        every = self.args.test_every
+        return every > 0 and ((EVAL_COUNTER_START + self.epoch) % every == 0
+                              or self.epoch == self.max_epoch)
+
+    def state_due(self, evaluated):
+        return (evaluated or self.epoch == self.max_epoch
+                or self.epoch % self.args.checkpoint_every == 0)
+
+    def save_weights(self, evaluated, is_best):
+        """``model/model_latest.pt``, ``model_best.pt`` and with ``--save_models``
+        ``model_<epoch>.pt``: plain state_dicts, as the original writes them (§7)."""
+        state = self.module.state_dict()
         models = self.folder / "model"
         _save_state_dict(state, models / "model_latest.pt")
-        best = self.history.best()
-        if results is not None and best is not None and best["epoch"] == self.epoch:
+        if is_best:
             _save_state_dict(state, models / "model_best.pt")
         if self.args.save_models:
             _save_state_dict(state, models / f"model_{self.epoch}.pt")
-        save_checkpoint(self.folder / "training_state.pt", model=self.model, epoch=self.epoch,
-                        optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
-                        loss=self.criterion.state_dict(), history=self.history.state_dict())
-        self.history.write(self.folder)
 
-    def resume(self, path):
-        """Continues the run saved in ``path`` (``training_state.pt``) exactly where it stopped."""
-        checkpoint = resume_from(path, unwrap_model(self.model), self.optimizer, self.scheduler,
-                                 self.scaler, map_location=self.device)
+    def extra_state(self):
+        return {"loss": self.criterion.state_dict()}
+
+    def resume(self, path, loaded=None):
+        """The engine's exact resume; a state of an earlier version of this project has its
+        layer3 block names renamed first (:func:`lagnet.model.rename_legacy_stream_keys`)."""
+        loaded = load_checkpoint(path, map_location=self.device) if loaded is None else loaded
+        if isinstance(loaded, dict) and isinstance(loaded.get("model"), dict):
+            loaded["model"] = rename_legacy_stream_keys(loaded["model"], source=str(path))
+        super().resume(path, loaded)
+
+    def load_extra_state(self, checkpoint):
         self.criterion.load_state_dict(checkpoint["loss"])
-        self.history.load_state_dict(checkpoint["history"])
-        self.epoch = checkpoint["epoch"]
-        log.info(f"resumed {path} after epoch {self.epoch}")
-
-    def fit(self):
-        evaluate_every = self.args.test_every
-        while self.epoch < self.num_epochs:
-            self.train_epoch()
-            last = self.epoch == self.num_epochs
-            evaluate = evaluate_every > 0 and ((EVAL_COUNTER_START + self.epoch) % evaluate_every
-                                               == 0 or last)
-            results = None
-            if evaluate:
-                if self.is_main:
-                    results = self.test()
-                _barrier(self.distributed)
-            if evaluate or last or self.epoch % self.args.checkpoint_every == 0:
-                self.save(results)
-                _barrier(self.distributed)
 
 
 def _save_state_dict(state, path):
     with atomic_write(path) as handle:
         torch.save(state, handle)
-
-
-def _barrier(distributed):
-    if distributed.enabled:
-        torch.distributed.barrier()
-
-
-def _metrics(results):
-    cmc = results["cmc"]
-    return {"mAP": results["mAP"], "rank1": cmc[0], "rank3": cmc[2], "rank5": cmc[4],
-            "rank10": cmc[9]}
-
-
-def format_table(title, metrics):
-    """The final table: mAP and rank-1/3/5/10 in percent, as LAG-Net's README reports them."""
-    header = f"{'mAP':>7} {'R1':>7} {'R3':>7} {'R5':>7} {'R10':>7}"
-    values = " ".join(f"{100 * metrics[key]:7.2f}"
-                      for key in ("mAP", "rank1", "rank3", "rank5", "rank10"))
-    return f"{title}\n{header}\n{values}"
 
 
 def check_options(args):
@@ -323,6 +241,12 @@ def check_options(args):
         raise OptionError(f"--resume {args.resume}: use -1 (latest), 0 (--pre_train) or N > 0")
     if args.checkpoint_every < 1:
         raise OptionError("--checkpoint_every must be >= 1")
+    if args.batchid * args.batchimage < 2:
+        raise OptionError(f"--batchid {args.batchid} --batchimage {args.batchimage}: a training "
+                          f"batch of one image cannot train BatchNorm; use 2 or more images")
+    if args.batchid < 2 and "Triplet" in args.loss:
+        raise OptionError(f"--batchid {args.batchid}: a batch of one identity gives the Triplet "
+                          f"loss no negative; use --batchid 2 or more")
     try:
         parse_loss_string(args.loss)
         parse_decay_type(args.decay_type, args.lr_decay)
@@ -333,19 +257,21 @@ def check_options(args):
 def run(args):
     """Runs ``main.py``'s job: train (and evaluate), or only evaluate with ``--test_only``."""
     check_options(args)
-    with distributed_session(cpu=args.cpu) as distributed:
-        _run(args, distributed)
-
-
-def _run(args, distributed):
     folder = experiment_dir(args)
-    removed = args.reset and distributed.is_main and reset_experiment(folder)
-    _barrier(distributed)
-    setup_logging(folder / "log.txt", main_process=distributed.is_main)
-    if removed:
-        log.info(f"--reset: removed the previous {folder}")
-    seed_everything(args.seed + distributed.rank)
-    device = select_device(args.cpu, distributed.local_rank)
+    if args.load and not folder.is_dir():
+        raise OptionError(f"--load {args.load}: {folder} does not exist, so there is no run to "
+                          f"continue; start a new one with --save {args.load}")
+    if args.reset and folder.is_symlink():
+        raise OptionError(f"--reset: {folder} is a link; remove it by hand")
+    with distributed_session(cpu=args.cpu) as distributed:
+        hint = f"--resume -1 --load {folder.name}"
+        with open_run(folder, log_name="log.txt", seed=args.seed, cpu=args.cpu,
+                      distributed=distributed, resume_hint=hint, clear=args.reset) as context:
+            _run(args, context)
+
+
+def _run(args, context):
+    folder, distributed = context.folder, context.distributed
     state_path = folder / "training_state.pt"
     if not args.test_only and args.resume != -1 and state_path.exists():
         raise OptionError(f"{folder} already holds a run ({state_path.name}); continue it with "
@@ -356,11 +282,24 @@ def _run(args, distributed):
         raise CheckpointError(f"weights file {weights} does not exist (--resume {args.resume}"
                               f"{' --pre_train' if args.resume == 0 else ''}); check the path, "
                               f"or for --resume -1 the --save / --load name")
+    if args.resume == -1 and not full_resume and not args.test_only:
+        log.warning(f"--resume -1: {folder} has {weights.name} but no {state_path.name}, so only "
+                    f"the weights can be restored; training restarts at epoch 1 with a fresh "
+                    f"optimizer, schedule and L2 centres")
+    if args.test_only:
+        adopt_recorded_flags(args, weights, getattr(args, "explicit", ()), RECORDED_FLAGS,
+                             lambda name: f"--{name}",
+                             OptionError)
+    elif distributed.is_main:
+        write_run_record(folder, "lagnet", (args.height, args.width), RETRIEVAL.interpolation,
+                         model_options={name: getattr(args, name) for name in RECORDED_FLAGS[2:]},
+                         flags={name: getattr(args, name) for name in RECORDED_FLAGS})
     if distributed.is_main:
         with atomic_write(folder / "config.txt", "w") as handle:
-            handle.writelines(f"{key}: {value}\n" for key, value in sorted(vars(args).items()))
+            handle.writelines(f"{key}: {value}\n" for key, value in sorted(vars(args).items())
+                              if key != "explicit")
 
-    dataset, *loaders = load_data(args, distributed)
+    dataset, train_loader, query_loader, gallery_loader = load_data(args, distributed)
     log.info(dataset.summary())
     state = read_weights(weights) if weights is not None else None
     num_classes = resolve_num_classes(args, dataset, weights, state)
@@ -368,59 +307,51 @@ def _run(args, distributed):
     model = build_model(num_classes, num_attentions=args.num_attentions, feats=args.feats,
                         part_split=args.part_split, drop_pool=args.drop_pool,
                         pretrained=not args.no_pretrained and not from_file,
-                        weights_path=args.pretrained_path).to(device)
+                        weights_path=args.pretrained_path).to(context.device)
     terms = parse_loss_string(args.loss)
     criterion = LAGLoss(terms, num_classes, margin=args.margin,
                         feature_dim=args.num_attentions * args.num_features,
-                        beta=args.L2_beta).to(device)
+                        beta=args.L2_beta).to(context.device)
     optimizer = build_optimizer(args, model)
-    scheduler = build_scheduler(args, optimizer)
-    trainer = Trainer(args, folder, model, criterion, optimizer, scheduler, device, distributed,
-                      (dataset, *loaders))
+    engine = LAGNetEngine(
+        context, model, args, criterion=criterion, optimizer=optimizer,
+        scheduler=build_scheduler(args, optimizer), train_loader=train_loader,
+        targets={dataset.name: EvalTarget(dataset, query_loader, gallery_loader)},
+        weights_source=str(weights) if weights is not None else "random initialisation")
 
     if full_resume:
-        trainer.resume(state_path)
+        engine.resume(state_path)
     elif state is not None:
-        ignored = load_weights(model, state, source=f"weights {weights}")
+        report = load_weights(model, state, source=f"weights {weights}",
+                              new_classes_ok=not args.test_only)
         message = f"loaded weights {weights}"
-        if ignored:
-            modules = ", ".join(sorted({key.split(".")[0] for key in ignored}))
-            message += f"; ignored {len(ignored)} keys of the original's unused modules ({modules})"
+        if report.ignored:
+            modules = ", ".join(sorted({key.split(".")[0] for key in report.ignored}))
+            message += (f"; ignored {len(report.ignored)} keys of the original's unused modules "
+                        f"({modules})")
         log.info(message)
+        if report.reinitialized:
+            log.warning(f"fine-tuning: {weights} was trained with {report.class_counts[0]} "
+                        f"classes and the training data has {report.class_counts[1]}; these "
+                        f"classifier keys start from their initialisation: "
+                        f"{', '.join(report.reinitialized)}")
+    elif args.test_only:
+        log.warning("--test_only without --pre_train (or --resume): evaluating a randomly "
+                    "initialised network")
 
     if args.test_only:
         if distributed.is_main:
-            results = trainer.test()
-            _report(trainer, folder, dataset, "test_only", results_to_dict(results))
+            engine.report("evaluate", engine.evaluate())
         return
 
-    if distributed.enabled:
-        names = {term.name for term in terms}
-        trainer.model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=not {"CrossEntropy", "Triplet"} <= names)
-    elif args.nGPU > 1 and device.type == "cuda":
-        trainer.model = nn.DataParallel(model, device_ids=list(range(args.nGPU)))
-    log.info(f"training {trainer.num_epochs} epochs from epoch {trainer.epoch + 1} on {device}"
+    names = {term.name for term in terms}
+    if args.nGPU > 1 and not distributed.enabled and context.device.type == "cuda":
+        engine.model = nn.DataParallel(model, device_ids=list(range(args.nGPU)))
+    else:
+        engine.wrap_for_training(find_unused_parameters=not {"CrossEntropy", "Triplet"} <= names,
+                                 data_parallel=False)
+    log.info(f"training {engine.max_epoch} epochs from epoch {engine.epoch + 1} on "
+             f"{context.device}"
              f"{f' x {distributed.world_size} processes' if distributed.enabled else ''}")
-    trainer.fit()
-    best = trainer.history.best()
-    if distributed.is_main and best is not None:
-        _report(trainer, folder, dataset, "best", best)
-
-
-def _report(trainer, folder, dataset, kind, metrics):
-    args = trainer.args
-    epoch = metrics.get("epoch", trainer.epoch)
-    title = (f"LAG-Net on {dataset.name} ({kind}, epoch {epoch}"
-             f"{', re-ranked' if args.re_rank else ''}; {len(dataset.query)} queries, "
-             f"{len(dataset.gallery)} gallery)")
-    print(format_table(title, metrics), flush=True)
-    payload = {"method": "LAG-Net", "dataset": dataset.name, "kind": kind, "epoch": epoch,
-               "re_rank": bool(args.re_rank), "num_query": len(dataset.query),
-               "num_gallery": len(dataset.gallery),
-               "metrics": {key: float(value) for key, value in metrics.items()
-                           if key != "epoch" and not isinstance(value, (list, str))}}
-    with atomic_write(folder / f"results_{kind}.json", "w") as handle:
-        json.dump(payload, handle, indent=2)
-        handle.write("\n")
+    engine.fit()
+    engine.report_best()

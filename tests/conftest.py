@@ -1,4 +1,5 @@
-"""Shared test fixtures: paths to the real data in ../shared/data (skipped when absent)."""
+"""Shared test fixtures: paths to the real data in ../shared/data (skipped when absent) and the
+listings of the original code's state_dicts (tests/<method>/original_state_dict*.txt)."""
 
 from pathlib import Path
 
@@ -30,3 +31,34 @@ def eval_reference():
 @pytest.fixture
 def cuhk01_dev():
     return shared_data("cuhk01_dev")
+
+
+@pytest.fixture
+def mars_mini():
+    return shared_data("mars_mini")
+
+
+@pytest.fixture(scope="session")
+def mars_info():
+    """The official MARS protocol arrays (tracks_*_info.mat, query_IDX.mat)."""
+    return shared_data("eval_reference/mars_info")
+
+
+def read_state_dict_listing(path):
+    """``{name: shape}`` from a listing of the original code's state_dict: one ``name<TAB>shape``
+    line per entry (shape as ``(64,3,7,7)``, ``(2048,)`` or ``()``), ``#`` lines being the header
+    that says how it was produced."""
+    listing = {}
+    for line in Path(path).read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, shape = line.split("\t")
+            listing[name] = tuple(int(size) for size in shape.strip("()").split(",") if size)
+    return listing
+
+
+@pytest.fixture
+def original_state_dict(request):
+    """``original_state_dict(file_name)``: the listing ``file_name`` beside the requesting test
+    file, as ``{name: shape}`` (see :func:`read_state_dict_listing`)."""
+    return lambda file_name: read_state_dict_listing(request.path.parent / file_name)
+

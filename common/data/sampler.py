@@ -65,6 +65,10 @@ class RandomIdentitySampler(IdentitySampler):
         super().__init__(pids, seed, num_replicas, rank)
         self.batch_size, self.num_instances = batch_size, num_instances
         self.ids_per_batch = batch_size // num_instances
+        if self.ids_per_batch < 2:
+            raise ValueError(f"a batch of {batch_size} with {num_instances} images per identity "
+                             f"holds one identity, which gives the triplet loss no negative; use a "
+                             f"batch of at least {2 * num_instances}")
         if len(self.pids) < self.ids_per_batch:
             raise ValueError(f"a batch needs {self.ids_per_batch} identities but the data has "
                              f"only {len(self.pids)}; lower the batch size or raise num_instances")

@@ -46,7 +46,9 @@ class Random2DTranslation:
 
 
 class RandomErasing:
-    """Random erasing of Zhong et al. (AAAI'20) on a normalised (C, H, W) tensor.
+    """Random erasing of Zhong et al. (AAAI'20) on a normalised (C, H, W) image, or on a
+    (T, C, H, W) clip with one rectangle for every frame (the video code of IAUnet's authors
+    draws the parameters once per clip).
 
     With probability ``probability``, up to 100 attempts draw an area fraction in [sl, sh] and an
     aspect ratio in [r1, 1/r1] (both uniform) until the rectangle fits; it is filled with the
@@ -58,22 +60,27 @@ class RandomErasing:
         self.probability, self.sl, self.sh, self.r1 = probability, sl, sh, r1
         self.mean = tuple(mean)
 
-    def __call__(self, image):
+    def rectangle(self, height, width):
+        """``(top, left, h, w)`` of the region to erase, or None (not this time, or no fit)."""
         if random.uniform(0, 1) >= self.probability:
-            return image
-        channels, height, width = image.shape
+            return None
         for _ in range(100):
             area = random.uniform(self.sl, self.sh) * height * width
             aspect = random.uniform(self.r1, 1 / self.r1)
             h = int(round(math.sqrt(area * aspect)))
             w = int(round(math.sqrt(area / aspect)))
             if w < width and h < height:
-                top = random.randint(0, height - h)
-                left = random.randint(0, width - w)
-                fill = torch.tensor(self.mean[:channels], dtype=image.dtype)
-                image = image.clone()
-                image[:, top:top + h, left:left + w] = fill[:, None, None]
-                return image
+                return random.randint(0, height - h), random.randint(0, width - w), h, w
+        return None
+
+    def __call__(self, image):
+        region = self.rectangle(*image.shape[-2:])
+        if region is None:
+            return image
+        top, left, h, w = region
+        fill = torch.tensor(self.mean[:image.shape[-3]], dtype=image.dtype)
+        image = image.clone()
+        image[..., top:top + h, left:left + w] = fill[:, None, None]
         return image
 
     def __repr__(self):

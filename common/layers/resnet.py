@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torchvision.models import resnet50
 
-from common.checkpoint import load_state_dict_checked
+from common.checkpoint import load_state_dict_checked, read_state_dict
 
 __all__ = ["IMAGENET_WEIGHT_FILES", "PretrainedWeightsError", "build_resnet50",
            "find_imagenet_weights", "remove_stage_stride"]
@@ -67,7 +67,7 @@ def build_resnet50(last_stride=2, pretrained=True, weights_path=None):
     model = resnet50(weights=None)
     if pretrained or weights_path is not None:
         path = find_imagenet_weights(weights_path)
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = read_state_dict(path)[0]
         load_state_dict_checked(model, state, source=f"ImageNet weights {path}")
     if last_stride == 1:
         remove_stage_stride(model.layer4)

@@ -2,9 +2,9 @@
 
 import pytest
 
-from common.torchreid2018.args import data_augment_steps, model_options
+from abdnet.args import data_augment_steps, model_options
 from abdnet.model import build_model
-from common.torchreid2018.args import build_parser
+from abdnet.args import build_parser
 
 def abd_parser():
     return build_parser("ABD-Net")

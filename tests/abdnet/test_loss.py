@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from common.torchreid2018.loss import ABDLoss
+from abdnet.loss import ABDLoss
 from abdnet.model import build_model
 from common.losses import CrossEntropyLabelSmooth, TripletLoss
-from common.regularizers import OWPenalty
+from abdnet.regularizers import OWPenalty
 
 
 @pytest.fixture(scope="module")

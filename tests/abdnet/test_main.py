@@ -45,7 +45,7 @@ def test_train_evaluate_and_resume(market_mini, tmp_path, capsys):
     straight = tmp_path / "straight"
     run_main(market_mini, straight, "--max-epoch", "2")
     out = capsys.readouterr().out
-    assert "ABD-Net, best rank-1 at main epoch" in out and "R20" in out
+    assert "ABD-Net (best, epoch" in out and "R20" in out
     for name in ("log_train.txt", "history.json", "training_state.pth.tar", "results_best.json",
                  "checkpoint_ep1.pth.tar", "checkpoint_ep2.pth.tar", "checkpoint_best.pth.tar"):
         assert (straight / name).is_file(), name
@@ -74,7 +74,7 @@ def test_train_evaluate_and_resume(market_mini, tmp_path, capsys):
     evaluated = tmp_path / "evaluated"
     run_main(market_mini, evaluated, "--evaluate", "--load-weights",
              str(straight / "checkpoint_best.pth.tar"), "--visualize-ranks")
-    assert "ABD-Net evaluation" in capsys.readouterr().out
+    assert "ABD-Net (evaluate" in capsys.readouterr().out
     results = json.loads((evaluated / "results_evaluate.json").read_text())
     assert results["targets"]["market1501"]["rank1"] == pytest.approx(best_row["rank1"])
     assert results["targets"]["market1501"]["mAP"] == pytest.approx(best_row["mAP"])

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from abdnet.model import build_model
-from common.layers.two_branch import remap_branch_order
+from abdnet.two_branch import remap_branch_order
 from common.checkpoint import CheckpointError
-from common.torchreid2018.released import load_released_checkpoint
+from abdnet.released import load_released_checkpoint
 
 
 def count(module):
@@ -36,29 +36,10 @@ def test_parameter_counts_match_the_released_model(market_model):
     assert count(market_model.branches[1][1]) - 2 * 751 * 1025 == 26_292_866
 
 
-def test_state_dict_names_follow_the_original_with_global_first(market_model):
-    state = market_model.state_dict()
-    expected = {
-        "common_branch.backbone1.0.weight": (64, 3, 7, 7),
-        "common_branch.backbone1.4.0.downsample.0.weight": (256, 64, 1, 1),
-        "common_branch.shallow_cam._cam_module.gamma": (1,),
-        "common_branch.backbone2.1.5.conv3.weight": (1024, 256, 1, 1),
-        "branches.0.0.backbone.0.conv1.weight": (512, 1024, 1, 1),
-        "branches.0.1.fc.0.weight": (1024, 2048),
-        "branches.0.1.fc.1.running_var": (1024,),
-        "branches.0.1.classifier.bias": (751,),
-        "branches.1.1.reduction.0.weight": (1024, 2048, 1, 1),
-        "branches.1.1.cam_module.conv5c.0.weight": (512, 1024, 3, 3),
-        "branches.1.1.before_module.conv52.1.num_batches_tracked": (),
-        "branches.1.1.pam_module.conv7.1.bias": (1024,),
-        "branches.1.1.cam_module.attention_module.gamma": (1,),
-        "branches.1.1.pam_module.attention_module.query_conv.weight": (64, 512, 1, 1),
-        "branches.1.1.pam_module.attention_module.value_conv.bias": (512,),
-        "branches.1.1.sum_conv.1.weight": (1024, 1024, 1, 1),
-        "branches.1.1.classifiers.1.weight": (751, 1024),
-    }
-    for key, shape in expected.items():
-        assert tuple(state[key].shape) == shape, key
+def test_state_dict_is_the_originals_with_global_first(market_model, original_state_dict):
+    # every name and shape of the original's README model, dumped with the global branch first
+    assert {name: tuple(tensor.shape) for name, tensor in market_model.state_dict().items()} == \
+        original_state_dict("original_state_dict.txt")
     assert market_model.branches[1][0].backbone[0].conv2.stride == (1, 1)  # last stride 1
 
 
@@ -118,7 +99,8 @@ def test_released_checkpoint_format_loads_with_numpy_rank1(tmp_path):
                 "epoch": 79}, tmp_path / "checkpoint_best.pth.tar")
     target = build_model(10, pretrained=False, abd_dan=("pam",))
     info = load_released_checkpoint(target, tmp_path / "checkpoint_best.pth.tar")
-    assert info == {"rank1": pytest.approx(0.956), "epoch": 79}
+    assert info == {"rank1": pytest.approx(0.956), "epoch": 79, "reinitialized": [],
+                    "class_counts": None}
     assert torch.equal(target.state_dict()["branches.1.1.sum_conv.1.weight"],
                        source.state_dict()["branches.1.1.sum_conv.1.weight"])
     broken = {k: v for k, v in source.state_dict().items() if "pam_module" not in k}

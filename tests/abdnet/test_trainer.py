@@ -1,7 +1,7 @@
 """The fixbase rule on the ABD-Net model: what trains in the warm-up epochs (abdnet.md §4.3)."""
 
 from abdnet.model import build_model
-from common.torchreid2018.trainer import open_all_layers, open_specified_layers
+from abdnet.trainer import open_all_layers, open_specified_layers
 
 
 def trainable(model):

@@ -52,6 +52,29 @@ def test_bad_files(tmp_path):
         load_config(tmp_path / "bad.yml")
 
 
+def test_apnet_s_yml_is_default_yml_with_the_rga_s_agent():
+    released, spatial = load_config(CONFIGS / "default.yml"), load_config(CONFIGS / "apnet_s.yml")
+    assert released.APNET.AGENT == "se" and spatial.APNET.AGENT == "rga_s"
+    differences = {(section, key) for section, values in spatial.items() if isinstance(values, dict)
+                   for key, value in values.items() if released[section][key] != value}
+    assert differences == {("APNET", "AGENT")}
+    assert (spatial.OUTPUT_DIR, spatial.APNET.LEVEL) == ("./output/apnet_s", 2)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["APNET.AGENT", "rga"], "APNET.AGENT 'rga': use se .* or rga_s"),
+    (["INPUT.SIZE_TEST", "[256, 128]"], r"rga_s needs INPUT.SIZE_TEST = INPUT.SIZE_TRAIN"),
+    (["INPUT.SIZE_TRAIN", "[200, 100]", "INPUT.SIZE_TEST", "[200, 100]"],
+     r"INPUT.SIZE_TRAIN \[200, 100\]: APNet-S level 2 .* \[50, 50, 25, 13, 13\].* multiple of 32"),
+    (["APNET.LEVEL", "3", "MODEL.LAST_STRIDE", "2", "INPUT.SIZE_TRAIN", "[64, 32]",
+      "INPUT.SIZE_TEST", "[64, 32]"], "multiple of 128"),
+])
+def test_agents_that_cannot_run_are_clear_errors(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(CONFIGS / "apnet_s.yml", overrides)
+    assert load_config(CONFIGS / "apnet_s.yml", ["APNET.LEVEL", "3"]).APNET.LEVEL == 3
+
+
 def test_warmup_then_multistep_schedule():
     factor = [warmup_multistep_factor(e, [40, 80, 120, 160], 0.1, 0.01, 10, "linear")
               for e in (0, 1, 5, 9, 10, 39, 40, 80, 120, 159)]

@@ -15,10 +15,11 @@ from apnet.model import build_model
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_YML = str(PROJECT_ROOT / "apnet" / "configs" / "default.yml")
+APNET_S_YML = str(PROJECT_ROOT / "apnet" / "configs" / "apnet_s.yml")
 
 
-def tiny(root, output_dir, *overrides):
-    return ["--config_file", DEFAULT_YML, "DATASETS.ROOT_DIR", str(root), "INPUT.SIZE_TRAIN",
+def tiny(root, output_dir, *overrides, config=DEFAULT_YML):
+    return ["--config_file", config, "DATASETS.ROOT_DIR", str(root), "INPUT.SIZE_TRAIN",
             "[64, 32]", "INPUT.SIZE_TEST", "[64, 32]", "SOLVER.IMS_PER_BATCH", "16",
             "SOLVER.EVAL_PERIOD", "2", "MODEL.PRETRAINED", "False", "DATALOADER.NUM_WORKERS", "0",
             "MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(output_dir), *overrides]
@@ -39,7 +40,7 @@ def checkpoints(folder):
 def test_train_test_and_resume(market_mini, tmp_path, capsys):
     straight = tmp_path / "straight"
     main(tiny(market_mini, straight, "SOLVER.MAX_EPOCHS", "6"))
-    assert "APNet (level 2) on market1501, epoch 6" in capsys.readouterr().out
+    assert "APNet (best, epoch" in capsys.readouterr().out
     history = json.loads((straight / "history.json").read_text())
     assert [row["epoch"] for row in history["evaluations"]] == [4, 6]  # second half, period 2
     lrs = [row["lr"] for row in history["epochs"]]
@@ -54,7 +55,8 @@ def test_train_test_and_resume(market_mini, tmp_path, capsys):
     capsys.readouterr()
     main(["--test", *tiny(market_mini, tmp_path / "test", "TEST.WEIGHT", str(files[-1]))])
     assert "mAP" in capsys.readouterr().out
-    tested = json.loads((tmp_path / "test/results_test.json").read_text())["results"]
+    tested = json.loads((tmp_path / "test/results_evaluate.json").read_text())
+    tested = tested["targets"]["market1501"]
     assert tested["mAP"] == pytest.approx(history["evaluations"][-1]["mAP"])
 
     # stopped after epoch 3, resumed to 6: the same weights
@@ -63,6 +65,27 @@ def test_train_test_and_resume(market_mini, tmp_path, capsys):
     main(["--resume", *tiny(market_mini, split, "SOLVER.MAX_EPOCHS", "6")])
     resumed = torch.load(checkpoints(split)[-1], weights_only=True)["model"]
     assert all(torch.equal(last["model"][k], resumed[k]) for k in resumed)
+
+
+@pytest.mark.slow
+def test_apnet_s_trains_and_tests(market_mini, tmp_path, capsys):
+    main(tiny(market_mini, tmp_path / "train", "SOLVER.MAX_EPOCHS", "2", config=APNET_S_YML))
+    assert "APNet (level 2) on market1501, epoch 2" in capsys.readouterr().out
+    history = json.loads((tmp_path / "train" / "history.json").read_text())
+    assert [row["epoch"] for row in history["evaluations"]] == [2]
+    last = checkpoints(tmp_path / "train")[-1]
+    state = torch.load(last, weights_only=True)["model"]
+    assert len(state) == 1207 and "att_s5.agents.1.gg_spatial.0.weight" in state
+    capsys.readouterr()
+    main(["--test", *tiny(market_mini, tmp_path / "test", "TEST.WEIGHT", str(last),
+                          config=APNET_S_YML)])
+    tested = json.loads((tmp_path / "test/results_test.json").read_text())["results"]
+    assert tested["mAP"] == pytest.approx(history["evaluations"][-1]["mAP"])
+    # an APNet-C file given to APNet-S: the missing and unexpected keys are named
+    torch.save({"model": build_model(16, pretrained=False).state_dict()}, tmp_path / "c.pt")
+    message = exit_message(["--test", *tiny(market_mini, tmp_path / "c", "TEST.WEIGHT",
+                                            str(tmp_path / "c.pt"), config=APNET_S_YML)])
+    assert "missing key" in message and "att1.agents.0.theta_spatial" in message
 
 
 def test_user_errors(market_mini, tmp_path):
@@ -109,3 +132,8 @@ def test_shell_scripts_run_main_with_the_default_config(tmp_path):
                                 env=env, cwd=tmp_path, capture_output=True, text=True)
         assert result.returncode == 1
         assert "non-existent config key APNET.LEVLE" in result.stderr, result.stderr
+        # CONFIG picks the config file (APNet-S: CONFIG=apnet/configs/apnet_s.yml)
+        result = subprocess.run([str(PROJECT_ROOT / "apnet" / script), *args],
+                                env={**env, "CONFIG": "apnet/configs/nowhere.yml"}, cwd=tmp_path,
+                                capture_output=True, text=True)
+        assert "--config_file apnet/configs/nowhere.yml does not exist" in result.stderr

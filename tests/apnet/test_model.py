@@ -35,6 +35,14 @@ def test_parameter_counts_and_names_per_level(level, total, entries):
         assert model.classifier.bias is None
 
 
+@pytest.mark.parametrize("level", [0, 1, 2])
+def test_state_dict_is_the_originals(level, original_state_dict):
+    # every name and shape of the original's Baseline at this pyramid level (it has no level 3)
+    model = build_model(751, level=level, pretrained=False)
+    assert {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()} == \
+        original_state_dict(f"original_state_dict_level{level}.txt")
+
+
 def test_level_three_is_the_papers_and_four_is_refused():
     model = build_model(10, level=3, pretrained=False)
     assert model.att_ss2.radix == 4 and model.att_s2.radix == 2

@@ -66,7 +66,8 @@ def test_extracted_features_reproduce_the_methods_own_evaluation(lagnet_export, 
     lagnet_main(["--datadir", str(data), "--height", "64", "--width", "32", "--cpu",
                  "--nThread", "0", "--batchtest", "32", "--test_only", "--pre_train",
                  str(weights), "--save", "check"])
-    expected = json.loads((tmp_path / "experiment/check/results_test_only.json").read_text())
+    expected = json.loads((tmp_path / "experiment/check/results_evaluate.json").read_text())
+    expected = expected["targets"]["market1501"]
 
     extract_main([str(data / "query"), "--exported", str(deploy), "--out", "query.npz",
                   "--workers", "0", "--device", "cpu"])
@@ -80,8 +81,8 @@ def test_extracted_features_reproduce_the_methods_own_evaluation(lagnet_export, 
     dist = compute_distance_matrix(query["features"], gallery_features[keep],
                                    metric=str(query["distance"]))
     result = evaluate_rank(dist, q_pids, g_pids[keep], q_cams, g_cams[keep])
-    assert result["mAP"] == pytest.approx(expected["metrics"]["mAP"], abs=1e-6)
-    assert result["cmc"][0] == pytest.approx(expected["metrics"]["rank1"], abs=1e-6)
+    assert result["mAP"] == pytest.approx(expected["mAP"], abs=1e-6)
+    assert result["cmc"][0] == pytest.approx(expected["rank1"], abs=1e-6)
 
     eager_features, eager_paths = extract_folder(
         load_eager("lagnet", weights, size=SIZE), data / "query", progress=False)
@@ -117,7 +118,7 @@ def test_bad_inputs_are_named(tmp_path, capsys):
     assert "--checkpoint, --size and --model-option go with --method" in capsys.readouterr().err
 
 
-def _torchreid2018_evaluate(main, arch_flags):
+def _abdnet_style_evaluate(main, arch_flags):
     def evaluate(data, weights, save_dir):
         main(["-s", "market1501", "-t", "market1501", "--root", str(data), "--height", "64",
               "--width", "32", "--test-batch-size", "32", "--use-cpu", "-j", "0",
@@ -130,13 +131,13 @@ def _torchreid2018_evaluate(main, arch_flags):
 def _abdnet_evaluate(data, weights, save_dir):
     from abdnet.main import main
     flags = ["--abd-dan", "cam", "pam", "--abd-np", "2", "--shallow-cam"]  # the README's
-    return _torchreid2018_evaluate(main, flags)(data, weights, save_dir)
+    return _abdnet_style_evaluate(main, flags)(data, weights, save_dir)
 
 
 def _iabnet_evaluate(data, weights, save_dir):
     from iabnet.main import main
     flags = ["--iab-dan", "cam", "pam", "--iab-np", "2", "--shallow-cam"]  # the guide's
-    return _torchreid2018_evaluate(main, flags)(data, weights, save_dir)
+    return _abdnet_style_evaluate(main, flags)(data, weights, save_dir)
 
 
 def _iaunet_evaluate(data, weights, save_dir):
@@ -144,7 +145,7 @@ def _iaunet_evaluate(data, weights, save_dir):
     main(["--root", str(data), "--height", "64", "--width", "32", "--test-batch", "32",
           "--use-cpu", "-j", "0", "--save-dir", str(save_dir), "--evaluate", "--resume",
           str(weights)])
-    return json.loads((save_dir / "results_test.json").read_text())["results"]
+    return json.loads((save_dir / "results_evaluate.json").read_text())["targets"]["market1501"]
 
 
 def _apnet_evaluate(data, weights, save_dir):
@@ -153,7 +154,7 @@ def _apnet_evaluate(data, weights, save_dir):
     main(["--test", "--config_file", config, "DATASETS.ROOT_DIR", str(data), "INPUT.SIZE_TEST",
           "[64, 32]", "MODEL.PRETRAINED", "False", "DATALOADER.NUM_WORKERS", "0",
           "MODEL.DEVICE", "cpu", "TEST.WEIGHT", str(weights), "OUTPUT_DIR", str(save_dir)])
-    return json.loads((save_dir / "results_test.json").read_text())["results"]
+    return json.loads((save_dir / "results_evaluate.json").read_text())["targets"]["market1501"]
 
 
 # How each main.py stores weights it can evaluate, and its evaluation command at 64x32.

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from common.checkpoint import CheckpointError
-from common.torchreid2018.released import load_released_checkpoint, read_released_checkpoint
+from abdnet.released import load_released_checkpoint, read_released_checkpoint
 from iabnet.model import COAB, ChannelGate, SpatialGate, build_model, rename_original_keys
 
 
@@ -33,18 +33,10 @@ def test_parameter_counts_match_the_released_model(market_model):
         assert count(build_model(num_classes, pretrained=False)) == total
 
 
-def test_state_dict_names_follow_the_original(market_model):
-    state = market_model.state_dict()
-    assert len(state) == 649
-    assert sum(".coab." in key for key in state) == 190  # 19 bottlenecks x 10 keys
-    assert state["common_branch.backbone1.4.0.coab.ChannelGate.mlp.1.weight"].shape == (16, 256)
-    assert state["common_branch.backbone2.1.5.coab.ChannelGate.mlp.1.weight"].shape == (64, 1024)
-    assert state["branches.0.0.backbone.2.coab.ChannelGate.mlp.1.weight"].shape == (128, 2048)
-    assert state["branches.1.0.backbone.0.coab.SpatialGate.spatial.conv.weight"].shape == (
-        1, 2, 7, 7)
-    shallow = sorted(k for k in state if k.startswith("common_branch.shallow_cam."))
-    assert len(shallow) == 10 and "common_branch.shallow_cam._cam_module.gamma" not in state
-    assert "branches.0.1.fc.0.weight" in state and "branches.1.1.reduction.0.weight" in state
+def test_state_dict_is_the_originals(market_model, original_state_dict):
+    # every name and shape of the original's README model, dumped with the global branch first
+    assert {name: tuple(tensor.shape) for name, tensor in market_model.state_dict().items()} == \
+        original_state_dict("original_state_dict.txt")
 
 
 def test_initialisation_as_the_original(market_model):
@@ -117,7 +109,7 @@ def test_tiny_input_trace_export_and_released_layout(tmp_path):
     torch.save({"state_dict": swapped, "rank1": 0.8988, "epoch": 19}, tmp_path / "best.pth.tar")
     target = build_model(10, pretrained=False)
     assert load_released_checkpoint(target, tmp_path / "best.pth.tar") == {
-        "rank1": pytest.approx(0.8988), "epoch": 19}
+        "rank1": pytest.approx(0.8988), "epoch": 19, "reinitialized": [], "class_counts": None}
     assert all(torch.equal(target.state_dict()[k], v) for k, v in model.state_dict().items())
     # the bottleneck attention named cbam, as a sibling file of the original names it
     cbam = {k.replace(".coab.", ".cbam."): v for k, v in swapped.items()}

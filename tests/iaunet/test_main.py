@@ -41,7 +41,7 @@ def market_with_masks(market_mini, tmp_path):
 def test_train_with_masks_then_evaluate(market_with_masks, tmp_path, capsys):
     run = tmp_path / "run"
     main(["--root", str(market_with_masks), *TINY, "--save-dir", str(run)])
-    assert "IAUnet best rank-1 at epoch" in capsys.readouterr().out
+    assert "IAUnet (best, epoch" in capsys.readouterr().out
     history = json.loads((run / "history.json").read_text())
     assert set(history["epochs"][0]["losses"]) == {"xent", "htri", "mask", "total"}
     assert [row["epoch"] for row in history["evaluations"]] == [1, 2]  # the first, then every 2
@@ -51,7 +51,8 @@ def test_train_with_masks_then_evaluate(market_with_masks, tmp_path, capsys):
     best_row = max(reversed(history["evaluations"]), key=lambda row: row["rank1"])
     main(["--root", str(market_with_masks), *TINY, "--save-dir", str(tmp_path / "test"),
           "--evaluate", "--resume", str(run / "best_model.pth.tar")])
-    tested = json.loads((tmp_path / "test/results_test.json").read_text())["results"]
+    tested = json.loads((tmp_path / "test/results_evaluate.json").read_text())
+    tested = tested["targets"]["market1501"]
     assert tested["rank1"] == pytest.approx(best_row["rank1"])
     assert tested["mAP"] == pytest.approx(best_row["mAP"])
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -41,7 +42,7 @@ def in_tmp(tmp_path, monkeypatch):
 def test_train_evaluate_resume_and_test_only(market_mini, in_tmp, capsys):
     main(tiny_argv(market_mini, "straight", "--epochs", "3", "--test_every", "1"))
     out = capsys.readouterr().out
-    assert "LAG-Net on market1501 (best, epoch" in out and "R10" in out
+    assert "LAG-Net (best, epoch" in out and "R10" in out
     folder = in_tmp / "experiment" / "straight"
     for name in ("config.txt", "log.txt", "history.json", "training_state.pt",
                  "model/model_latest.pt", "model/model_best.pt", "results_best.json"):
@@ -51,16 +52,27 @@ def test_train_evaluate_resume_and_test_only(market_mini, in_tmp, capsys):
     history = json.loads((folder / "history.json").read_text())
     assert [row["epoch"] for row in history["epochs"]] == [1, 2]  # --epochs 3 trains 2 (§5)
     assert [row["epoch"] for row in history["evaluations"]] == [1, 2]
-    assert set(history["epochs"][0]["losses"]) == {"CrossEntropy", "Triplet", "L2", "Total"}
+    assert set(history["epochs"][0]["losses"]) == {"CrossEntropy", "Triplet", "L2", "total"}
     assert history["epochs"][0]["losses"]["L2"] == pytest.approx(1.0, abs=0.05)  # first visits
     best = json.loads((folder / "results_best.json").read_text())
-    assert set(best["metrics"]) == {"mAP", "rank1", "rank3", "rank5", "rank10"}
+    assert {"mAP", "mINP", "rank1", "rank3", "rank5", "rank10", "rank20", "cmc"} <= set(
+        best["targets"]["market1501"])
     # the model file is a plain state_dict, as the original writes it
     assert "classifier_gs.classifier.0.weight" in load_state(folder / "model/model_latest.pt")
 
-    # the same two epochs, interrupted after the first and resumed with --resume -1
+    # the same two epochs, interrupted after the first and resumed with --resume -1, from a
+    # training state written with the layer3 block names of earlier versions (.0.1-.0.5)
     main(tiny_argv(market_mini, "split", "--epochs", "2", "--test_every", "1"))
+    state_path = in_tmp / "experiment/split/training_state.pt"
+    training_state = load_state(state_path)
+    block = re.compile(r"^(global_stream|part_stream|la_stream)\.0\.(\d)\.")
+    training_state["model"] = {block.sub(lambda m: f"{m[1]}.0.{int(m[2]) + 1}.", key): value
+                               for key, value in training_state["model"].items()}
+    assert "la_stream.0.5.conv1.weight" in training_state["model"]
+    torch.save(training_state, state_path)
     main(tiny_argv(market_mini, "split", "--epochs", "3", "--test_every", "1", "--resume", "-1"))
+    log = (in_tmp / "experiment/split/log.txt").read_text()
+    assert "training_state.pt uses the layer3 block numbering of earlier versions" in log
     straight = load_state(folder / "model/model_latest.pt")
     resumed = load_state(in_tmp / "experiment/split/model/model_latest.pt")
     assert all(torch.equal(straight[key], resumed[key]) for key in straight)
@@ -71,10 +83,10 @@ def test_train_evaluate_resume_and_test_only(market_mini, in_tmp, capsys):
     capsys.readouterr()
     main(tiny_argv(market_mini, "check", "--test_only", "--pre_train",
                        str(folder / "model/model_best.pt")))
-    assert "test_only" in capsys.readouterr().out
-    tested = json.loads((in_tmp / "experiment/check/results_test_only.json").read_text())
+    assert "LAG-Net (evaluate" in capsys.readouterr().out
+    tested = json.loads((in_tmp / "experiment/check/results_evaluate.json").read_text())
     best_row = max(history["evaluations"], key=lambda row: row["mAP"])
-    assert tested["metrics"]["mAP"] == pytest.approx(best_row["mAP"], abs=1e-6)
+    assert tested["targets"]["market1501"]["mAP"] == pytest.approx(best_row["mAP"], abs=1e-6)
 
 
 @pytest.mark.slow
@@ -97,7 +109,7 @@ def test_an_existing_run_is_never_overwritten_and_reset_stays_inside(market_mini
     (in_tmp / "precious.txt").write_text("not part of the run")
     main(tiny_argv(market_mini, "run", "--epochs", "2", "--test_every", "0", "--reset"))
     assert (in_tmp / "experiment" / "keep.txt").is_file() and (in_tmp / "precious.txt").is_file()
-    assert "--reset: removed" in (in_tmp / "experiment/run/log.txt").read_text()
+    assert "removed the previous contents" in (in_tmp / "experiment/run/log.txt").read_text()
 
 
 @pytest.mark.slow
@@ -126,3 +138,22 @@ def test_switches_and_re_ranking_reach_the_run(market_mini, in_tmp):
     assert json.loads((folder / "results_best.json").read_text())["re_rank"] is True
     config = (folder / "config.txt").read_text()
     assert "part_split: fixed" in config and "drop_pool: fixed" in config
+
+
+@pytest.mark.slow
+def test_evaluation_uses_the_input_size_the_run_recorded(market_mini, in_tmp):
+    """Trained at 64x32, evaluated with the README's test command (no size flags): the run's own
+    size is used, so the numbers are the training run's; a conflicting size is refused."""
+    main(tiny_argv(market_mini, "small", "--epochs", "2", "--test_every", "1"))
+    best = in_tmp / "experiment/small/model/model_best.pt"
+    trained = json.loads((in_tmp / "experiment/small/results_best.json").read_text())
+    readme_test = ["--datadir", str(market_mini), "--cpu", "--nThread", "0", "--test_only",
+                   "--pre_train", str(best), "--save", "check"]
+    main(readme_test)
+    tested = json.loads((in_tmp / "experiment/check/results_evaluate.json").read_text())
+    assert tested["targets"]["market1501"]["mAP"] == pytest.approx(
+        trained["targets"]["market1501"]["mAP"], abs=1e-6)
+    assert "--height 64, --width 32, --num_attentions 4" in (
+        in_tmp / "experiment/check/log.txt").read_text()
+    message = exit_message([*readme_test, "--height", "128", "--save", "conflict"])
+    assert "--height 128 but" in message and "was trained with 64" in message

@@ -1,12 +1,15 @@
 """LAG-Net's network against the spec's counts, names and equations (lagnet.md §3, §7, §8)."""
 
+import logging
+import re
+
 import pytest
 import torch
 
 from common.checkpoint import CheckpointError
 from lagnet.model import (ORIGINAL_UNUSED_PREFIXES, FcWeight, ba_dropblock, build_model,
                           load_weights, local_attention, normalize_feature_matrix,
-                          read_weights, select_top_maps)
+                          read_weights, rename_legacy_stream_keys, select_top_maps)
 
 
 def count(module):
@@ -38,29 +41,17 @@ def test_parameter_counts_match_the_spec(full_model):
     assert count(full_model.attentions) == 4_198_400
 
 
-def test_state_dict_names_and_shapes_follow_the_original(full_model):
-    state = full_model.state_dict()
-    # 1,072 original entries minus test. (320), channel_attention. (2), reduction_4..6 (18)
-    assert len(state) == 732
-    expected = {
-        "backbone.0.weight": (64, 3, 7, 7),
-        "backbone.6.conv1.weight": (256, 512, 1, 1),
-        "backbone.6.downsample.0.weight": (1024, 512, 1, 1),
-        "global_stream.0.4.conv3.weight": (1024, 256, 1, 1),
-        "global_stream.1.0.downsample.0.weight": (2048, 1024, 1, 1),
-        "part_stream.1.2.bn3.running_var": (2048,),
-        "la_stream.1.0.conv2.weight": (512, 512, 3, 3),
-        "reduction_3.0.weight": (256, 2048, 1, 1),
-        "reduction_3.1.num_batches_tracked": (),
-        "classifier_p2_ps.fc_block1.0.running_mean": (2048,),
-        "classifier_gs.fc_block1.2.weight": (512, 2048),
-        "classifier_d.fc_block2.0.weight": (512,),
-        "classifier_la.classifier.0.weight": (751, 512),
-        "attentions.conv.weight": (2048, 2048, 1, 1),
-        "attentions.bn.bias": (2048,),
-    }
-    for key, shape in expected.items():
-        assert tuple(state[key].shape) == shape, key
+def shapes(state):
+    return {name: tuple(tensor.shape) for name, tensor in state.items()}
+
+
+def test_state_dict_is_the_originals_less_its_unused_modules(full_model, original_state_dict):
+    original = original_state_dict("original_state_dict.txt")
+    assert len(original) == 1072  # §7
+    unused = [name for name in original if name.startswith(ORIGINAL_UNUSED_PREFIXES)]
+    assert len(unused) == 320 + 2 + 3 * 6  # test., channel_attention., reduction_4..6
+    kept = {name: shape for name, shape in original.items() if name not in unused}
+    assert shapes(full_model.state_dict()) == kept
     assert full_model.attentions.bn.eps == 1e-3
 
 
@@ -201,24 +192,58 @@ def test_fc_weight_initialisation():
     assert head.fc_block1[1].negative_slope == 0.1
 
 
-def test_original_checkpoint_loads_with_unused_keys_reported(tiny_models, tmp_path):
+def test_a_file_of_the_original_code_loads_with_unused_keys_reported(
+        tiny_models, original_state_dict):
+    original = original_state_dict("original_state_dict.txt")
     model = tiny_models[0]
-    state = {f"module.{key}": value for key, value in model.state_dict().items()}
-    state["test.fc.weight"] = torch.zeros(1000, 2048)
-    state["channel_attention.fc.0.weight"] = torch.zeros(128, 2048)
-    state["reduction_5.0.weight"] = torch.zeros(256, 2048, 1, 1)
-    torch.save(state, tmp_path / "model_best.pt")
-    ignored = load_weights(build_model(10, pretrained=False),
-                           read_weights(tmp_path / "model_best.pt"))
-    assert sorted(ignored) == ["channel_attention.fc.0.weight", "reduction_5.0.weight",
-                               "test.fc.weight"]
-    assert all(key.startswith(ORIGINAL_UNUSED_PREFIXES) for key in ignored)
+    ours = model.state_dict()
+    # every name and shape of the original: the model's own tensors (loading them back changes
+    # nothing; the names are under test), zeros for the original's unused modules
+    state = {name: ours[name] if name in ours else torch.zeros(shape)
+             for name, shape in original.items()}
+    ignored = load_weights(model, state).ignored
+    assert sorted(ignored) == sorted(k for k in original if k.startswith(ORIGINAL_UNUSED_PREFIXES))
 
-    del state["module.attentions.conv.weight"]
-    state["module.extra.weight"] = torch.zeros(1)
-    torch.save(state, tmp_path / "broken.pt")
+    del state["attentions.conv.weight"]
+    state["extra.weight"] = torch.zeros(1)
     with pytest.raises(CheckpointError, match="attentions.conv.weight"):
-        load_weights(build_model(10, pretrained=False), read_weights(tmp_path / "broken.pt"))
+        load_weights(model, state)
+
+
+def legacy_numbering(state):
+    """``state`` named as earlier versions of this project did: layer3 blocks ``.0.1``-``.0.5``."""
+    block = re.compile(r"^(global_stream|part_stream|la_stream)\.0\.(\d)\.")
+    return {block.sub(lambda m: f"{m[1]}.0.{int(m[2]) + 1}.", key): value
+            for key, value in state.items()}
+
+
+def test_names_of_earlier_versions_are_renamed_with_a_notice(tiny_models, caplog):
+    state = tiny_models[0].state_dict()
+    legacy = legacy_numbering(state)
+    assert "global_stream.0.5.conv3.weight" in legacy and "la_stream.0.0.conv1.weight" not in legacy
+    assert "part_stream.1.0.downsample.0.weight" in legacy  # conv5 keeps its names
+    caplog.set_level(logging.WARNING, logger="lagnet")
+    renamed = rename_legacy_stream_keys(legacy, source="old/model_best.pt")
+    assert list(renamed) == list(state)
+    assert all(renamed[key] is value for key, value in state.items())
+    notices = [record.getMessage() for record in caplog.records]
+    assert len(notices) == 1 and notices[0].startswith("old/model_best.pt uses the layer3 block "
+                                                       "numbering of earlier versions")
+    caplog.clear()
+    assert rename_legacy_stream_keys(state) is state and caplog.records == []
+
+
+def test_read_weights_renames_earlier_versions_files(tmp_path, caplog):
+    legacy = {"module.global_stream.0.5.conv1.weight": torch.ones(1),
+              "module.global_stream.0.1.bn1.bias": torch.zeros(1),
+              "module.global_stream.1.0.conv1.weight": torch.full((1,), 2.0)}
+    torch.save(legacy, tmp_path / "model_latest.pt")
+    caplog.set_level(logging.WARNING, logger="lagnet")
+    state = read_weights(tmp_path / "model_latest.pt")
+    assert list(state) == ["global_stream.0.4.conv1.weight", "global_stream.0.0.bn1.bias",
+                           "global_stream.1.0.conv1.weight"]
+    assert [record.getMessage().split(" uses ")[0] for record in caplog.records] == [
+        str(tmp_path / "model_latest.pt")]
 
 
 def test_bad_options_are_rejected():

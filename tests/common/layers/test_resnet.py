@@ -42,8 +42,8 @@ def test_mismatched_weights_are_reported(tmp_path):
     state["head.weight"] = torch.zeros(1)
     path = tmp_path / "bad.pth"
     torch.save(state, path)
-    with pytest.raises(RuntimeError, match=r"1 missing key\(s\) \['layer1.0.conv1.weight'\], "
-                                           r"1 unexpected key\(s\) \['head.weight'\]"):
+    with pytest.raises(RuntimeError, match=r"1 missing key\(s\): layer1.0.conv1.weight; "
+                                           r"1 unexpected key\(s\): head.weight"):
         build_resnet50(weights_path=path)
     with pytest.raises(PretrainedWeightsError, match="does not exist"):
         build_resnet50(weights_path=tmp_path / "none.pth")

@@ -5,7 +5,7 @@ epoch ≥ of_start_epoch]
 
 The cross-entropy is label-smoothed (ε = 0.1) with ``--label-smooth``; the triplet is batch-hard
 on the three unnormalised 1,024-d features (Euclidean, ``--margin``), only with ``--criterion
-htri``. O.F. and O.W. are in :mod:`common.regularizers`; neither applies during the fixbase
+htri``. O.F. and O.W. are in :mod:`abdnet.regularizers`; neither applies during the fixbase
 epochs.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from common.regularizers import OF_POSITIONS, OFPenalty, OWPenalty
+from abdnet.regularizers import OF_POSITIONS, OFPenalty, OWPenalty
 from common.losses import CrossEntropyLabelSmooth, TripletLoss
 
 __all__ = ["ABDLoss"]

@@ -23,7 +23,6 @@ a run never overwrites another run's files; torchrun DDP, ``--amp``, progress ba
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import os
@@ -33,25 +32,21 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn as nn
 from torch.utils.data import DataLoader, DistributedSampler
-from tqdm import tqdm
 
-from common.checkpoint import CheckpointError, load_checkpoint, resume_from, save_checkpoint, unwrap_model
+from common.checkpoint import CheckpointError, load_checkpoint
 from common.data import ImageDataset, RandomIdentitySampler, Sample, build_dataset
 from common.data.datasets import NUM_RANDOM_SPLITS
 from common.data.transforms import CIFAR_MEAN, build_test_transform, build_train_transform
-from common.eval import (compute_distance_matrix, evaluate_rank, extract_features, format_results,
-                         visualize_ranked_results)
-from common.eval.report import results_to_dict
+from common.engine import Engine, EvalTarget, open_run
+from common.eval import Retrieval, visualize_ranked_results
+from common.eval.report import read_run_results, write_run_results
 from common.files import atomic_write
-from common.history import LossMeter, TrainingHistory
-from common.runtime import (autocast, distributed_session, exit_on_user_error, grad_scaler,
-                            optimizer_step, OptionError, seed_everything, select_device,
-                            setup_logging, step_scheduler)
-from common.torchreid2018.args import data_augment_steps, model_options
-from common.torchreid2018.loss import ABDLoss
-from common.torchreid2018.released import load_released_checkpoint, read_released_checkpoint
+from common.runrecord import adopt_recorded_flags, write_run_record
+from common.runtime import OptionError, distributed_session, exit_on_user_error, step_scheduler
+from abdnet.args import data_augment_steps, model_options
+from abdnet.loss import ABDLoss
+from abdnet.released import load_released_checkpoint, read_released_checkpoint
 
 __all__ = ["Method", "OPEN_LAYER_KEYWORDS", "OptionError", "TRAINING_STATE", "open_all_layers",
            "open_specified_layers", "run", "run_command_line"]
@@ -172,172 +167,94 @@ def build_test_loaders(args, dataset, pin_memory):
                  for samples in (dataset.query, dataset.gallery))
 
 
-class Trainer:
-    """One run: both phases, the evaluations and the files in ``--save-dir``."""
+class TwoPhaseEngine(Engine):
+    """ABD-Net's released ``train.py`` (§4-§5) on the shared run skeleton: the fixbase warm-up
+    phase, then the main epochs."""
 
-    def __init__(self, method, args, model, criterion, optimizer, scheduler, device, distributed,
-                 train_loader, targets):
-        self.method, self.args, self.save_dir = method, args, Path(args.save_dir)
-        self.model, self.criterion = model, criterion
-        self.optimizer, self.scheduler = optimizer, scheduler
-        self.initial_optimizer_state = copy.deepcopy(optimizer.state_dict())
-        self.device, self.distributed = device, distributed
-        self.train_loader, self.targets = train_loader, targets
-        self.scaler = grad_scaler(device, args.amp)
-        self.history = TrainingHistory()
+    state_file = TRAINING_STATE
+
+    def __init__(self, context, model, method, args, **parts):
+        retrieval = Retrieval("bilinear", flip=args.flip_eval, normalize=False,
+                              distance="sqeuclidean")
+        super().__init__(context, model, retrieval=retrieval, max_epoch=args.max_epoch,
+                         amp=args.amp, **parts)
+        self.name, self.method, self.args = method.name, method, args
+        self.initial_optimizer_state = copy.deepcopy(self.optimizer.state_dict())
         self.fixbase_done = 0  # warm-up epochs finished
+        self.in_fixbase = False
         self.epoch = args.start_epoch  # main epochs finished (the next one's 0-based index)
-        self.best_rank1 = -1.0  # the first evaluation is the best so far, even at rank-1 0
 
-    @property
-    def is_main(self):
-        return self.distributed.is_main
-
-    def train_epoch(self, fixbase):
-        """One epoch of either phase; returns the mean of each loss term and ``total``."""
-        args, module = self.args, unwrap_model(self.model)
+    def prepare_epoch(self):
         self.train_loader.sampler.set_epoch(self.fixbase_done + self.epoch)
-        module.train()
-        if fixbase or args.fixbase:
-            open_specified_layers(module, args.open_layers)
+        self.module.train()
+        if self.in_fixbase or self.args.fixbase:
+            open_specified_layers(self.module, self.args.open_layers)
         else:
-            open_all_layers(module)
-        if fixbase:
-            title = f"fixbase {self.fixbase_done + 1}/{args.fixbase_epoch}"
-        else:
-            title = f"epoch {self.epoch + 1}/{args.max_epoch}"
-        meter = LossMeter()
-        progress = tqdm(self.train_loader, desc=title, leave=False, disable=not self.is_main)
-        for images, pids, _ in progress:
-            images, pids = images.to(self.device), pids.to(self.device)
-            with autocast(self.device, args.amp):
-                outputs = self.model(images)
-            total, terms = self.criterion(module, outputs, pids, self.epoch, fixbase)
-            optimizer_step(total, self.optimizer, self.scaler)
-            meter.update({**terms, "total": total})
-            progress.set_postfix(loss=f"{meter.means()['total']:.4f}")
-        losses = meter.means()
-        lr = self.optimizer.param_groups[0]["lr"]
-        # History epochs: 1..max_epoch for the main phase, the warm-up before them (<= 0).
-        if fixbase:
-            self.fixbase_done += 1
-            self.history.log_epoch(self.fixbase_done - args.fixbase_epoch, lr, losses)
-        else:
-            self.epoch += 1
-            self.history.log_epoch(self.epoch, lr, losses)
-        log.info(f"{title} lr {lr:.2e} " + " ".join(f"{k} {v:.4f}" for k, v in losses.items()))
+            open_all_layers(self.module)
 
-    def evaluate(self, name, dataset, query_loader, gallery_loader):
-        """Evaluates one target (§5); returns evaluate_rank's dict and the distance matrix."""
-        extract = dict(device=self.device, flip=self.args.flip_eval, normalize=False,
-                       amp=self.args.amp, progress=self.is_main)
-        model = unwrap_model(self.model)
-        qf, q_pids, q_camids = extract_features(model, query_loader, desc=f"{name} query",
-                                                **extract)
-        gf, g_pids, g_camids = extract_features(model, gallery_loader, desc=f"{name} gallery",
-                                                **extract)
-        distmat = compute_distance_matrix(qf, gf, "sqeuclidean")
-        results = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids)
-        log.info(f"Evaluated {name}: {len(qf)} queries x {len(gf)} gallery, {qf.shape[1]}-d "
-                 f"features{' (flip-averaged)' if self.args.flip_eval else ''}\n"
-                 + format_results(results))
-        return results, distmat
+    def compute_loss(self, batch):
+        images, pids, _ = batch
+        return self.criterion(self.module, self.forward(images), pids.to(self.device),
+                              self.epoch, self.in_fixbase)
 
-    def test(self):
-        """Evaluates every target; returns ``{name: results}`` (main process only)."""
-        return {name: self.evaluate(name, *target)[0] for name, target in self.targets.items()}
+    def evaluation_due(self):
+        args = self.args
+        return (self.epoch > args.start_eval and args.eval_freq > 0
+                and self.epoch % args.eval_freq == 0) or self.epoch == args.max_epoch
 
-    def save_epoch_weights(self, name, rank1):
-        """A file in the original's format (§2.10), readable by the released code."""
-        if self.args.no_epoch_checkpoints and name != "checkpoint_best.pth.tar":
+    def save_weights(self, evaluated, is_best):
+        """``checkpoint_ep{N}.pth.tar`` after each main epoch (rank1 0) and
+        ``checkpoint_best.pth.tar`` for the best rank-1 of the last target, in the original's
+        format (§2.10), readable by the released code."""
+        if self.in_fixbase:
             return
-        state = {"state_dict": unwrap_model(self.model).state_dict(), "rank1": float(rank1),
+        if not self.args.no_epoch_checkpoints:
+            self._save_released(f"checkpoint_ep{self.epoch}.pth.tar", 0)
+        if is_best:
+            rank1 = self.history.evaluations[-1]["rank1"]
+            log.info(f"Save! rank-1 {rank1:.4f} on {list(self.targets)[-1]} is the best so far")
+            self._save_released("checkpoint_best.pth.tar", rank1)
+
+    def _save_released(self, name, rank1):
+        state = {"state_dict": self.module.state_dict(), "rank1": float(rank1),
                  "epoch": self.epoch - 1}
-        with atomic_write(self.save_dir / name) as handle:
+        with atomic_write(self.folder / name) as handle:
             torch.save(state, handle)
 
-    def save_state(self):
-        save_checkpoint(self.save_dir / TRAINING_STATE, model=self.model, epoch=self.epoch,
-                        optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
-                        fixbase_done=self.fixbase_done, best_rank1=self.best_rank1,
-                        history=self.history.state_dict())
-        self.history.write(self.save_dir)
+    def extra_state(self):
+        return {"fixbase_done": self.fixbase_done}
 
-    def resume(self, path, loaded=None):
-        """Continues the run whose ``training_state.pth.tar`` is ``path`` exactly (``loaded``:
-        the file's contents when already read)."""
-        checkpoint = resume_from(path, unwrap_model(self.model), self.optimizer, self.scheduler,
-                                 self.scaler, map_location=self.device, loaded=loaded)
-        self.epoch, self.fixbase_done = checkpoint["epoch"], checkpoint["fixbase_done"]
-        self.best_rank1 = checkpoint["best_rank1"]
-        self.history.load_state_dict(checkpoint["history"])
-        log.info(f"resumed {path}: {self.fixbase_done} fixbase and {self.epoch} main epochs done")
+    def load_extra_state(self, checkpoint):
+        self.fixbase_done = checkpoint["fixbase_done"]
 
-    def fit(self):
+    def train_loop(self):
         args = self.args
         if self.fixbase_done < args.fixbase_epoch:
             log.info(f"Train {args.open_layers} and the heads for {args.fixbase_epoch} epochs "
                      f"while keeping other layers frozen")
+            self.in_fixbase = True
             while self.fixbase_done < args.fixbase_epoch:
-                self.train_epoch(fixbase=True)
-                if self.fixbase_done == args.fixbase_epoch:
-                    self.optimizer.load_state_dict(self.initial_optimizer_state)
-                self._save(self.save_state)
+                self.fixbase_epoch()
+            self.in_fixbase = False
             log.info(f"Done. All layers are open to train for {args.max_epoch} epochs")
-        while self.epoch < args.max_epoch:
-            self.train_epoch(fixbase=False)
-            self._save(lambda: self.save_epoch_weights(f"checkpoint_ep{self.epoch}.pth.tar", 0))
-            self.scheduler.step()
-            if self.epoch > args.start_eval and args.eval_freq > 0 and (
-                    self.epoch % args.eval_freq == 0) or self.epoch == args.max_epoch:
-                self._save(self.evaluate_and_keep_best)
-            self._save(self.save_state)
+        super().train_loop()
 
-    def evaluate_and_keep_best(self):
-        """Evaluates every target; the last one's rank-1 picks ``checkpoint_best`` (§4.3)."""
-        all_results = self.test()
-        name, results = list(all_results.items())[-1]
-        rank1 = float(results["cmc"][0])
-        self.history.log_evaluation(self.epoch, _metrics(results))
-        if self.best_rank1 < rank1:
-            log.info(f"Save! rank-1 {rank1:.4f} on {name} is the best so far")
-            self.save_epoch_weights("checkpoint_best.pth.tar", rank1)
-            self.best_rank1 = rank1
-            write_results(self.save_dir / "results_best.json", self.method.name, "best",
-                          self.epoch, all_results)
-
-    def _save(self, action):
-        """Runs ``action`` (file writing, evaluation) on the main process; the others wait."""
+    def fixbase_epoch(self):
+        """A warm-up epoch: no O.F./O.W., no schedule step; the optimizer is reset after the
+        last one. History epochs of the warm-up are numbered up to 0."""
+        args = self.args
+        self.prepare_epoch()
+        title = f"fixbase {self.fixbase_done + 1}/{args.fixbase_epoch}"
+        losses = self.run_batches(title)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.fixbase_done += 1
+        self.history.log_epoch(self.fixbase_done - args.fixbase_epoch, lr, losses)
+        log.info(f"{title} lr {lr:.2e} " + " ".join(f"{k} {v:.4f}" for k, v in losses.items()))
+        if self.fixbase_done == args.fixbase_epoch:
+            self.optimizer.load_state_dict(self.initial_optimizer_state)
         if self.is_main:
-            action()
-        if self.distributed.enabled:
-            torch.distributed.barrier()
-
-
-def _metrics(results):
-    cmc = results["cmc"]
-    return {"mAP": results["mAP"], "mINP": results["mINP"], "rank1": cmc[0], "rank5": cmc[4],
-            "rank10": cmc[9], "rank20": cmc[19]}
-
-
-def write_results(path, method_name, kind, epoch, all_results):
-    """``results_<kind>.json``: every target's mAP, mINP, CMC and Rank-1/5/10/20 (fractions)."""
-    payload = {"method": method_name, "kind": kind, "epoch": epoch,
-               "targets": {name: results_to_dict(results, ranks=(1, 5, 10, 20))
-                           for name, results in all_results.items()}}
-    with atomic_write(path, "w") as handle:
-        json.dump(payload, handle, indent=2)
-        handle.write("\n")
-    return payload
-
-
-def format_table(title, targets):
-    """One row per target of a results JSON's ``targets``: mAP and Rank-1/5/10/20 in percent."""
-    lines = [title, f"{'target':<16} {'mAP':>6} {'R1':>6} {'R5':>6} {'R10':>6} {'R20':>6}"]
-    for name, row in targets.items():
-        lines.append(f"{name:<16} " + " ".join(
-            f"{100 * row[key]:6.1f}" for key in ("mAP", "rank1", "rank5", "rank10", "rank20")))
-    return "\n".join(lines)
+            self.save_state(evaluated=False)
+        self.context.barrier()
 
 
 def check_options(args):
@@ -351,6 +268,9 @@ def check_options(args):
                           f"at least one main epoch (0 <= start-epoch < max-epoch)")
     if args.fixbase_epoch < 0:
         raise OptionError(f"--fixbase-epoch {args.fixbase_epoch} must be >= 0")
+    if args.train_batch_size < 2:
+        raise OptionError(f"--train-batch-size {args.train_batch_size}: a training batch of one "
+                          f"image cannot train BatchNorm; use 2 or more")
     if args.criterion == "htri" and args.train_batch_size % args.num_instances:
         raise OptionError(f"--train-batch-size {args.train_batch_size} must be a multiple of "
                           f"--num-instances {args.num_instances} with --criterion htri")
@@ -387,7 +307,15 @@ def run(args, method):
         if args.all_splits:
             _run_all_splits(args, method, distributed)
         else:
-            _run(args, method, distributed)
+            _run_in_folder(args, method, distributed)
+
+
+def _run_in_folder(args, method, distributed):
+    save_dir = Path(args.save_dir)
+    with open_run(save_dir, log_name="log_test.txt" if args.evaluate else "log_train.txt",
+                  seed=args.seed, cpu=args.use_cpu, distributed=distributed,
+                  resume_hint=f"--resume {save_dir / TRAINING_STATE}") as context:
+        _run(args, method, context)
 
 
 def _run_all_splits(args, method, distributed):
@@ -398,10 +326,9 @@ def _run_all_splits(args, method, distributed):
         split_args = copy.copy(args)
         split_args.split_id = split_id
         split_args.save_dir = str(Path(args.save_dir) / f"split{split_id}")
-        _run(split_args, method, distributed)
+        _run_in_folder(split_args, method, distributed)
         if distributed.is_main:
-            per_split.append(json.loads(
-                (Path(split_args.save_dir) / "results_best.json").read_text()))
+            per_split.append(read_run_results(Path(split_args.save_dir) / "results_best.json"))
     if not distributed.is_main:
         return
     keys = ("mAP", "rank1", "rank5", "rank10", "rank20")
@@ -413,9 +340,7 @@ def _run_all_splits(args, method, distributed):
             "mean": {key: float(v.mean()) for key, v in values.items()},
             "std": {key: float(v.std()) for key, v in values.items()},
             "per_split": {key: v.tolist() for key, v in values.items()}}
-    with atomic_write(Path(args.save_dir) / "results_splits.json", "w") as handle:
-        json.dump(summary, handle, indent=2)
-        handle.write("\n")
+    write_run_results(Path(args.save_dir) / "results_splits.json", summary)
     lines = [f"{method.name}, best rank-1 of each of {len(per_split)} splits: mean ± std (%)",
              f"{'target':<16} " + " ".join(f"{k:>13}" for k in ("mAP", "R1", "R5", "R10", "R20"))]
     for name, row in summary["targets"].items():
@@ -424,13 +349,9 @@ def _run_all_splits(args, method, distributed):
     print("\n".join(lines), flush=True)
 
 
-def _run(args, method, distributed):
-    save_dir = Path(args.save_dir)
-    setup_logging(save_dir / ("log_test.txt" if args.evaluate else "log_train.txt"),
-                  main_process=distributed.is_main)
+def _run(args, method, context):
     log.info(f"==========\nArgs:{args}\n==========")
-    seed_everything(args.seed + distributed.rank)
-    device = select_device(args.use_cpu, distributed.local_rank)
+    save_dir, device, distributed = context.folder, context.device, context.distributed
     if device.type == "cpu" and not args.use_cpu:
         log.warning(f"no GPU is visible (--gpu-devices {args.gpu_devices} sets "
                     f"CUDA_VISIBLE_DEVICES), so this runs on the CPU; name GPUs this machine "
@@ -445,6 +366,12 @@ def _run(args, method, distributed):
     if not args.evaluate and resume is None and state_path.exists():
         raise OptionError(f"{save_dir} already holds a run ({TRAINING_STATE}); continue it with "
                           f"--resume {state_path}, or pick another --save-dir")
+    if args.evaluate:
+        adopt_recorded_flags(args, args.load_weights or resume, getattr(args, "explicit", ()),
+                             ("height", "width"), lambda name: f"--{name}", OptionError)
+    elif context.is_main:
+        write_run_record(save_dir, method.name.lower().replace("-", ""), (args.height, args.width),
+                         "bilinear", flags={"height": args.height, "width": args.width})
     resume_state = load_checkpoint(resume) if resume is not None and not args.evaluate else None
     resumable = resume_state is not None and "optimizer" in resume_state
     weights = args.load_weights or ("" if resumable else args.resume)
@@ -456,13 +383,14 @@ def _run(args, method, distributed):
     for name in args.target_names:
         dataset = load_dataset(name, args)
         log.info(dataset.summary())
-        targets[name] = (dataset, *build_test_loaders(args, dataset, pin_memory))
+        targets[name] = EvalTarget(dataset, *build_test_loaders(args, dataset, pin_memory))
     train_loader = None
     if args.evaluate:  # the class count of the weights; any when there are none
         num_classes = (released.num_classes if released is not None else None) or 1
     else:
         train_samples, num_classes = combine_train_sets(
-            [targets[n][0] if n in targets else load_dataset(n, args) for n in args.source_names])
+            [targets[n].dataset if n in targets else load_dataset(n, args)
+             for n in args.source_names])
         log.info(f"training on {', '.join(args.source_names)}: {num_classes} identities, "
                  f"{len(train_samples)} images")
         train_loader = build_train_loader(args, train_samples, distributed, pin_memory)
@@ -471,39 +399,33 @@ def _run(args, method, distributed):
     options["pretrained"] = options["pretrained"] and released is None and not resumable
     model = method.build_model(num_classes, **options).to(device)
     if released is not None:
-        _load_weights(model, released, num_classes)
+        _load_weights(model, released, fine_tuning=not args.evaluate)
     criterion = None if args.evaluate else ABDLoss(
         num_classes, criterion=args.criterion, label_smooth=args.label_smooth, margin=args.margin,
         lambda_xent=args.lambda_xent, lambda_htri=args.lambda_htri, use_of=args.use_of,
         of_beta=args.of_beta, of_start_epoch=args.of_start_epoch, of_positions=args.of_position,
         use_ow=args.use_ow, ow_beta=args.ow_beta, ow_scope=args.ow_scope)
     optimizer, scheduler = _optimizer_and_schedule(args, model)
-    trainer = Trainer(method, args, model, criterion, optimizer, scheduler, device, distributed,
-                      train_loader, targets)
+    engine = TwoPhaseEngine(
+        context, model, method, args, criterion=criterion, optimizer=optimizer,
+        scheduler=scheduler, train_loader=train_loader, targets=targets,
+        weights_source=str(released.path) if released is not None else "random initialisation")
     if args.evaluate:
         if distributed.is_main:
-            _evaluate_only(trainer, released)
+            _evaluate_only(engine, released)
         return
     if resumable:
-        trainer.resume(resume, loaded=resume_state)
+        engine.resume(resume, loaded=resume_state)
     elif resume is not None:
-        _continue_from_weights(trainer, released)
+        _continue_from_weights(engine, released)
     del resume_state  # the model and optimizer hold copies: the file's GB is not kept for the run
 
-    if distributed.enabled:  # frozen layers (fixbase) and unused heads get no gradient
-        trainer.model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=True)
-    elif device.type == "cuda" and torch.cuda.device_count() > 1:
-        trainer.model = nn.DataParallel(model)
+    # frozen layers (fixbase) and unused heads get no gradient under DDP
+    engine.wrap_for_training(find_unused_parameters=True)
     log.info(f"==> Start training on {device}"
              f"{f' x {distributed.world_size} processes' if distributed.enabled else ''}")
-    trainer.fit()
-    best = save_dir / "results_best.json"
-    if distributed.is_main and best.exists():
-        best = json.loads(best.read_text())
-        print(format_table(f"{method.name}, best rank-1 at main epoch {best['epoch']} ({save_dir})",
-                           best["targets"]), flush=True)
+    engine.fit()
+    engine.report_best()
 
 
 def _optimizer_and_schedule(args, model):
@@ -514,47 +436,42 @@ def _optimizer_and_schedule(args, model):
     return optimizer, scheduler
 
 
-def _load_weights(model, released, num_classes):
-    """Loads ``released`` strictly. Only when its class count differs from the training data's
-    (fine-tuning on another dataset) are the classifiers left at their initialisation, and those
-    keys are listed."""
-    if released.num_classes not in (None, num_classes):
-        own = model.state_dict()
-        skipped = sorted(key for key in released.state_dict if ".classifier" in key)
-        released.state_dict.update({key: own[key] for key in skipped})
-        log.warning(f"{released.path}: its classifiers have {released.num_classes} classes and "
-                    f"the training data {num_classes}; these keys are not loaded and start "
-                    f"from the initialisation: {', '.join(skipped)}")
-    info = load_released_checkpoint(model, released)
+def _load_weights(model, released, fine_tuning):
+    """Loads ``released`` strictly. When fine-tuning from a file trained with another class
+    count (another dataset), the classifiers are left at their initialisation and listed."""
+    info = load_released_checkpoint(model, released, new_classes_ok=fine_tuning)
+    if info["reinitialized"]:
+        file_classes, data_classes = info["class_counts"]
+        log.warning(f"{released.path}: its classifiers have {file_classes} classes and the "
+                    f"training data {data_classes}; these keys are not loaded and start from "
+                    f"the initialisation: {', '.join(info['reinitialized'])}")
     log.info(f"Loaded weights from {released.path} (epoch {info['epoch']}, rank1 "
              f"{info['rank1']:.4f})")
 
 
-def _continue_from_weights(trainer, released):
+def _continue_from_weights(engine, released):
     """``--resume`` on a weights-only file (``checkpoint_ep<N>``, a released file): the epoch
     and the schedule continue after the file's epoch; its optimizer state is not in the file."""
-    trainer.fixbase_done = trainer.args.fixbase_epoch
-    steps = released.epoch + 1 - trainer.epoch
-    trainer.epoch += steps
-    step_scheduler(trainer.scheduler, steps)
+    engine.fixbase_done = engine.args.fixbase_epoch
+    steps = released.epoch + 1 - engine.epoch
+    engine.epoch += steps
+    step_scheduler(engine.scheduler, steps)
     log.warning(f"--resume {released.path}: weights only, continuing after main epoch "
-                f"{trainer.epoch}; the file holds no optimizer state, so {trainer.args.optim} "
+                f"{engine.epoch}; the file holds no optimizer state, so {engine.args.optim} "
                 f"starts afresh. For an exact continuation resume from {TRAINING_STATE}")
 
 
-def _evaluate_only(trainer, released):
+def _evaluate_only(engine, released):
     if released is None:
-        log.warning("--evaluate without --load-weights: evaluating the initial weights")
-    all_results = {}
-    for name, (dataset, query_loader, gallery_loader) in trainer.targets.items():
-        all_results[name], distmat = trainer.evaluate(name, dataset, query_loader,
-                                                      gallery_loader)
-        if trainer.args.visualize_ranks:
-            folder = trainer.save_dir / "ranked_results" / name
-            visualize_ranked_results(distmat, dataset.query, dataset.gallery, folder, topk=10,
-                                     height=trainer.args.height, width=trainer.args.width)
-            log.info(f"ranked lists of {len(dataset.query)} queries in {folder}")
-    epoch = released.epoch + 1 if released is not None else 0
-    payload = write_results(trainer.save_dir / "results_evaluate.json", trainer.method.name,
-                            "evaluate", epoch, all_results)
-    print(format_table(f"{trainer.method.name} evaluation", payload["targets"]), flush=True)
+        log.warning("--evaluate without --load-weights: evaluating randomly initialised weights")
+
+    def draw_ranked_lists(name, target, results, distmat):
+        if engine.args.visualize_ranks:
+            folder = engine.folder / "ranked_results" / name
+            visualize_ranked_results(distmat, target.dataset.query, target.dataset.gallery,
+                                     folder, topk=10, height=engine.args.height,
+                                     width=engine.args.width)
+            log.info(f"ranked lists of {len(target.dataset.query)} queries in {folder}")
+
+    all_results = engine.evaluate(on_target=draw_ranked_lists)
+    engine.report("evaluate", all_results, epoch=released.epoch + 1 if released is not None else 0)

@@ -1,5 +1,5 @@
 """ABD-Net's diversity regularisers, which IAB-Net inherits: O.F. on feature maps and O.W. on conv
-weights. O.W. reads the layout of :mod:`common.layers.two_branch` models (``common_branch`` with
+weights. O.W. reads the layout of :mod:`abdnet.two_branch` models (``common_branch`` with
 the stem conv first in ``backbone1``, ``backbone2``, and ``branches[i][0]`` the layer4 copies).
 
 Both penalise the spread of the eigenvalues of a Gram matrix, estimated the way the released code

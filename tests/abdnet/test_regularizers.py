@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from common.regularizers import (OFPenalty, OWPenalty, estimate_eigenvalue_range,
+from abdnet.regularizers import (OFPenalty, OWPenalty, estimate_eigenvalue_range,
                                  rayleigh_after_one_step)
 
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from common.checkpoint import strip_parallel_prefix
 from common.layers.danet import CAM, PAM, DANetHead
 
 __all__ = ["ABDBranch", "CommonBranch", "DeepStage", "GlobalBranch", "TwoBranchNet", "init_head",
@@ -177,7 +178,7 @@ def remap_branch_order(state_dict):
     attentive. Keys are also stripped of a ``module.`` prefix. Keys of a branch that cannot be
     recognised are left as they are, so the loader reports them.
     """
-    state = {key.removeprefix("module."): value for key, value in state_dict.items()}
+    state = strip_parallel_prefix(state_dict)
     target = {}
     for index in ("0", "1"):
         if f"branches.{index}.1.fc.0.weight" in state:

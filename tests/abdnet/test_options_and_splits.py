@@ -9,8 +9,8 @@ import torch.nn as nn
 from PIL import Image
 
 from common.data import ReidDataset, Sample
-from common.torchreid2018.args import build_parser
-from common.torchreid2018.trainer import (Method, OptionError, check_options, combine_train_sets,
+from abdnet.args import build_parser
+from abdnet.trainer import (Method, OptionError, check_options, combine_train_sets,
                                           open_specified_layers, run)
 
 

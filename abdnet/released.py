@@ -13,10 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from common.checkpoint import CheckpointError, load_checkpoint, load_state_dict_checked
-from common.layers.two_branch import remap_branch_order
+from common.checkpoint import load_state_dict_checked, read_state_dict
+from abdnet.two_branch import remap_branch_order
 
 __all__ = ["ReleasedCheckpoint", "load_released_checkpoint", "read_released_checkpoint"]
 
@@ -47,13 +45,7 @@ def read_released_checkpoint(path, rename_keys=None, loaded=None):
     ``rank1`` is a pickled NumPy scalar; it loads through common.checkpoint's allow-list, never
     through unrestricted unpickling.
     """
-    checkpoint = load_checkpoint(path) if loaded is None else loaded
-    if not isinstance(checkpoint, dict):
-        raise CheckpointError(f"{path} holds no state_dict")
-    state = checkpoint.get("state_dict", checkpoint.get("model", checkpoint))
-    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise CheckpointError(f"{path} holds no state_dict (a dict of tensors under "
-                              f"'state_dict')")
+    state, checkpoint = read_state_dict(path, loaded=loaded)
     state = remap_branch_order(state)
     if rename_keys is not None:
         state = rename_keys(state)
@@ -62,12 +54,16 @@ def read_released_checkpoint(path, rename_keys=None, loaded=None):
                               int(checkpoint.get("epoch", -1)))
 
 
-def load_released_checkpoint(model, checkpoint):
+def load_released_checkpoint(model, checkpoint, new_classes_ok=False):
     """Loads a released file (a path, or what :func:`read_released_checkpoint` returned) into
-    ``model`` strictly; returns ``{"rank1", "epoch"}`` as the file records them."""
+    ``model`` strictly; returns ``{"rank1", "epoch"}`` as the file records them, and the
+    ``reinitialized`` classifier keys and ``class_counts`` (file, model) when ``new_classes_ok``
+    let classifiers of another class count start from their initialisation."""
     if not isinstance(checkpoint, ReleasedCheckpoint):
         checkpoint = read_released_checkpoint(checkpoint)
-    load_state_dict_checked(model, checkpoint.state_dict, source=str(checkpoint.path),
-                            hint=". Was it trained with the same architecture flags (--abd-dan, "
-                                 "--abd-np, --shallow-cam) and class count?")
-    return {"rank1": checkpoint.rank1, "epoch": checkpoint.epoch}
+    report = load_state_dict_checked(
+        model, checkpoint.state_dict, source=str(checkpoint.path), new_classes_ok=new_classes_ok,
+        hint=". Was it trained with the same architecture flags (--abd-dan, --abd-np, "
+             "--shallow-cam)?")
+    return {"rank1": checkpoint.rank1, "epoch": checkpoint.epoch,
+            "reinitialized": report.reinitialized, "class_counts": report.class_counts}

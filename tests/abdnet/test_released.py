@@ -1,4 +1,4 @@
-"""common/torchreid2018/released.py: a file already read is not read again."""
+"""abdnet/released.py: a file already read is not read again."""
 
 import numpy as np
 import pytest
@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from common.checkpoint import load_checkpoint
-from common.torchreid2018.released import read_released_checkpoint
+from abdnet.released import read_released_checkpoint
 
 
 def test_already_read_contents_give_the_same_checkpoint_without_reading(tmp_path, monkeypatch):
