@@ -11,7 +11,7 @@ out.
 
 from __future__ import annotations
 
-from common.data import IdentitySampler
+from common.data import IdentitySampler, SamplerError
 
 __all__ = ["ChunkShuffleSampler"]
 
@@ -22,10 +22,10 @@ class ChunkShuffleSampler(IdentitySampler):
 
     def __init__(self, pids, batch_size, num_instances, seed=0, num_replicas=1, rank=0):
         if num_instances < 1 or batch_size % num_instances:
-            raise ValueError(f"--train-batch {batch_size} must be a multiple of "
+            raise SamplerError(f"--train-batch {batch_size} must be a multiple of "
                              f"--num-instances {num_instances}")
         if batch_size // num_instances < 2:
-            raise ValueError(f"--train-batch {batch_size} with --num-instances {num_instances} "
+            raise SamplerError(f"--train-batch {batch_size} with --num-instances {num_instances} "
                              f"makes batches of one identity, which give the triplet loss no "
                              f"negative; use --train-batch {2 * num_instances} or more")
         super().__init__(pids, seed, num_replicas, rank)

@@ -69,12 +69,9 @@ def build_loaders(args, dataset, distributed, pin_memory):
                                **options) for samples in (dataset.query, dataset.gallery)]
     if args.evaluate:
         return None, *test_loaders
-    try:
-        sampler = ChunkShuffleSampler([s.pid for s in dataset.train], args.train_batch,
-                                      args.num_instances, seed=args.seed,
-                                      num_replicas=distributed.world_size, rank=distributed.rank)
-    except ValueError as err:
-        raise OptionError(str(err)) from None
+    sampler = ChunkShuffleSampler([s.pid for s in dataset.train], args.train_batch,
+                                  args.num_instances, seed=args.seed,
+                                  num_replicas=distributed.world_size, rank=distributed.rank)
     masks = dataset.train and find_mask_folder(Path(dataset.train[0].path).parent)
     if masks:
         train_set = MaskedImageDataset(dataset.train, args.height, args.width)

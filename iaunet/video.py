@@ -117,12 +117,9 @@ def build_video_loaders(args, dataset, distributed, pin_memory):
                            np.asarray(shared, dtype=np.int64))
     if args.evaluate:
         return None, clips(dataset.query), gallery
-    try:
-        sampler = ChunkShuffleSampler([t.pid for t in dataset.train], args.train_batch,
-                                      args.num_instances, seed=args.seed,
-                                      num_replicas=distributed.world_size, rank=distributed.rank)
-    except ValueError as err:
-        raise OptionError(str(err)) from None
+    sampler = ChunkShuffleSampler([t.pid for t in dataset.train], args.train_batch,
+                                  args.num_instances, seed=args.seed,
+                                  num_replicas=distributed.world_size, rank=distributed.rank)
     train_set = ClipDataset(dataset.train, args.seq_len, args.sample_method,
                             ClipTransform(args.height, args.width, flip=0.5, erasing=0.5,
                                           erasing_mean=CIFAR_MEAN),

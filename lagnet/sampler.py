@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from common.data import IdentitySampler
+from common.data import IdentitySampler, SamplerError
 
 __all__ = ["IdentityGroupSampler"]
 
@@ -29,10 +29,10 @@ class IdentityGroupSampler(IdentitySampler):
 
     def __init__(self, pids, batchid, batchimage, seed=0, num_replicas=1, rank=0):
         if batchid < 1 or batchimage < 1:
-            raise ValueError(f"batchid ({batchid}) and batchimage ({batchimage}) must be >= 1")
+            raise SamplerError(f"batchid ({batchid}) and batchimage ({batchimage}) must be >= 1")
         super().__init__(pids, seed, num_replicas, rank)
         if len(self.pids) < 2:
-            raise ValueError(f"training needs at least two identities; the data has {len(self.pids)}")
+            raise SamplerError(f"training needs at least two identities; the data has {len(self.pids)}")
         self.batchid, self.batchimage = batchid, batchimage
 
     def batches(self):

@@ -123,12 +123,9 @@ def load_data(args, distributed):
         erasing=args.probability if args.random_erasing else 0.0,
         erasing_mean=(0.0, 0.0, 0.0), interpolation="bicubic"))
     test_transform = build_test_transform(args.height, args.width, interpolation="bicubic")
-    try:
-        sampler = IdentityGroupSampler([s.pid for s in dataset.train], args.batchid,
-                                       args.batchimage, seed=args.seed,
-                                       num_replicas=distributed.world_size, rank=distributed.rank)
-    except ValueError as err:
-        raise OptionError(f"--datadir {args.datadir}: {err}") from None
+    sampler = IdentityGroupSampler([s.pid for s in dataset.train], args.batchid, args.batchimage,
+                                   seed=args.seed, num_replicas=distributed.world_size,
+                                   rank=distributed.rank)
     loader_options = {"num_workers": args.nThread,
                       "pin_memory": not args.cpu and torch.cuda.is_available()}
     train_loader = DataLoader(train_set, batch_sampler=sampler, persistent_workers=args.nThread > 0,

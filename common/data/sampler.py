@@ -7,7 +7,14 @@ from collections import defaultdict
 import numpy as np
 from torch.utils.data import Sampler
 
-__all__ = ["IdentitySampler", "RandomIdentitySampler"]
+from common.data.dataset import DatasetError
+
+__all__ = ["IdentitySampler", "RandomIdentitySampler", "SamplerError"]
+
+
+class SamplerError(DatasetError):
+    """Training data and batch settings that give no batch a loss can take; the message says
+    which and how to fix it (a user error, reported without a traceback)."""
 
 
 class IdentitySampler(Sampler):
@@ -19,7 +26,7 @@ class IdentitySampler(Sampler):
 
     def __init__(self, pids, seed=0, num_replicas=1, rank=0):
         if not 0 <= rank < num_replicas:
-            raise ValueError(f"rank {rank} is not in 0..{num_replicas - 1}")
+            raise SamplerError(f"rank {rank} is not in 0..{num_replicas - 1}")
         self.index_of = defaultdict(list)
         for index, pid in enumerate(pids):
             self.index_of[int(pid)].append(index)
@@ -60,17 +67,17 @@ class RandomIdentitySampler(IdentitySampler):
 
     def __init__(self, pids, batch_size, num_instances, seed=0, num_replicas=1, rank=0):
         if num_instances < 1 or batch_size < num_instances or batch_size % num_instances:
-            raise ValueError(f"batch_size ({batch_size}) must be a positive multiple of "
+            raise SamplerError(f"batch_size ({batch_size}) must be a positive multiple of "
                              f"num_instances ({num_instances})")
         super().__init__(pids, seed, num_replicas, rank)
         self.batch_size, self.num_instances = batch_size, num_instances
         self.ids_per_batch = batch_size // num_instances
         if self.ids_per_batch < 2:
-            raise ValueError(f"a batch of {batch_size} with {num_instances} images per identity "
+            raise SamplerError(f"a batch of {batch_size} with {num_instances} images per identity "
                              f"holds one identity, which gives the triplet loss no negative; use a "
                              f"batch of at least {2 * num_instances}")
         if len(self.pids) < self.ids_per_batch:
-            raise ValueError(f"a batch needs {self.ids_per_batch} identities but the data has "
+            raise SamplerError(f"a batch needs {self.ids_per_batch} identities but the data has "
                              f"only {len(self.pids)}; lower the batch size or raise num_instances")
 
     def batches(self):

@@ -70,7 +70,7 @@ def test_train_test_and_resume(market_mini, tmp_path, capsys):
 @pytest.mark.slow
 def test_apnet_s_trains_and_tests(market_mini, tmp_path, capsys):
     main(tiny(market_mini, tmp_path / "train", "SOLVER.MAX_EPOCHS", "2", config=APNET_S_YML))
-    assert "APNet (level 2) on market1501, epoch 2" in capsys.readouterr().out
+    assert "APNet (best, epoch 2" in capsys.readouterr().out
     history = json.loads((tmp_path / "train" / "history.json").read_text())
     assert [row["epoch"] for row in history["evaluations"]] == [2]
     last = checkpoints(tmp_path / "train")[-1]
@@ -79,7 +79,8 @@ def test_apnet_s_trains_and_tests(market_mini, tmp_path, capsys):
     capsys.readouterr()
     main(["--test", *tiny(market_mini, tmp_path / "test", "TEST.WEIGHT", str(last),
                           config=APNET_S_YML)])
-    tested = json.loads((tmp_path / "test/results_test.json").read_text())["results"]
+    tested = json.loads((tmp_path / "test/results_evaluate.json").read_text())
+    tested = tested["targets"]["market1501"]
     assert tested["mAP"] == pytest.approx(history["evaluations"][-1]["mAP"])
     # an APNet-C file given to APNet-S: the missing and unexpected keys are named
     torch.save({"model": build_model(16, pretrained=False).state_dict()}, tmp_path / "c.pt")
