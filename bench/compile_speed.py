@@ -337,6 +337,26 @@ def markdown(rows, sweep):
     return "\n".join(lines)
 
 
+def fastest_summary(rows):
+    """One line per method: the backend with the highest throughput (any batch) among those
+    that ran and matched eager, with its ratio to eager FP32, and how many rows did not run."""
+    lines = ["fastest per method (images/s at its best batch; parity-checked rows only):"]
+    for method in dict.fromkeys(row["method"] for row in rows):
+        ran = [row for row in rows if row["method"] == method and row["status"] == "ok"]
+        best = {row["backend"]: max(v for v in row["throughput_img_s"].values() if v)
+                for row in ran if any(row["throughput_img_s"].values())}
+        skipped = sum(row["method"] == method and row["status"] != "ok" for row in rows)
+        if not best:
+            lines.append(f"  {method}: no backend ran ({skipped} unavailable or skipped)")
+            continue
+        backend = max(best, key=best.get)
+        eager = best.get("eager fp32")
+        ratio = f", {best[backend] / eager:.2f}x eager" if eager else ""
+        lines.append(f"  {method}: {backend} {best[backend]:.1f} img/s{ratio} "
+                     f"({skipped} of {skipped + len(ran)} rows unavailable or skipped)")
+    return "\n".join(lines)
+
+
 def plot(rows, path):
     import matplotlib
     matplotlib.use("Agg")
@@ -391,7 +411,11 @@ def main(argv=None):
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--size", nargs=2, type=int, default=None, metavar=("H", "W"),
                         help="input size (default: each method's native size)")
-    parser.add_argument("--out", type=Path, default=None, help="JSON path (PNG beside it)")
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument("--out", type=Path, default=None, help="JSON path (PNG beside it)")
+    target.add_argument("--update-committed", action="store_true",
+                        help="write the committed bench/results/compile_speed_<device>.json "
+                             "(else bench/results/local/, which git ignores)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     settings = {**(FULL if args.full else QUICK), "full": args.full}
@@ -407,7 +431,8 @@ def main(argv=None):
                                  size=args.size, options=options)
     except BenchModelError as err:
         sys.exit(f"bench.compile_speed: error: {err}")
-    out = args.out or RESULTS / f"compile_speed_{device_tag(device)}.json"
+    folder = RESULTS if args.update_committed else RESULTS / "local"
+    out = args.out or folder / f"compile_speed_{device_tag(device)}.json"
     payload = {"schema_version": SCHEMA_VERSION, "machine": machine(device),
                "mode": "full" if args.full else "quick", "sweep": list(settings["sweep"]),
                "gflops": "2 x multiply-adds (torch.utils.flop_counter), batch 1, no flip",
@@ -420,6 +445,7 @@ def main(argv=None):
           f"{torch.__version__}, CUDA {torch.version.cuda}, TensorRT "
           f"{payload['machine']['tensorrt']}; {payload['mode']} mode; flip TTA off")
     print(markdown(rows, settings["sweep"]))
+    print(fastest_summary(rows))
     print(f"wrote {out} and {out.with_suffix('.png')}")
 
 

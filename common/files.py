@@ -15,8 +15,8 @@ import tempfile
 import threading
 from pathlib import Path
 
-__all__ = ["FileWriteError", "TEMPORARY_SUFFIX", "atomic_write", "remove_stale_temporary_files",
-           "signals_deferred"]
+__all__ = ["FileWriteError", "TEMPORARY_SUFFIX", "atomic_write", "describe_folder_error",
+           "remove_stale_temporary_files", "signals_deferred"]
 
 TEMPORARY_SUFFIX = ".tmp"  # atomic_write's temporary files: ".<name>.<random>.tmp" beside <name>
 
@@ -65,7 +65,7 @@ def atomic_write(path, mode="wb"):
                                        suffix=TEMPORARY_SUFFIX)
         except OSError as err:
             raise FileWriteError(f"cannot write to {path.parent} "
-                                 f"({_folder_problem(path.parent, err)}); choose another output "
+                                 f"({describe_folder_error(path.parent, err)}); choose another output "
                                  f"folder") from None
         try:
             os.chmod(tmp, 0o666 & ~_current_umask())
@@ -103,7 +103,8 @@ def _is_disk_full(err):
     return isinstance(err, RuntimeError) and "file write failed" in str(err)
 
 
-def _folder_problem(folder, err):
+def describe_folder_error(folder, err):
+    """Why ``folder`` could not be created or written (``err`` the OSError), in a user's words."""
     existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent

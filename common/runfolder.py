@@ -14,7 +14,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from common.files import FileWriteError, remove_stale_temporary_files
+from common.files import FileWriteError, describe_folder_error, remove_stale_temporary_files
 
 __all__ = ["FolderInUseError", "RunFolder"]
 
@@ -50,8 +50,9 @@ class RunFolder:
             self.path.mkdir(parents=True, exist_ok=True)
             handle = open(lock_path, "a+")
         except OSError as err:
-            raise FileWriteError(f"cannot write to {self.path} ({err.strerror or err}); choose "
-                                 f"another output folder") from None
+            raise FileWriteError(f"cannot write to {self.path} "
+                                 f"({describe_folder_error(self.path, err)}); choose another "
+                                 f"output folder") from None
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -422,9 +422,10 @@ def build_model(num_classes, arch="iaunet", **options):
     raise ValueError(f"--arch {arch!r}: choose iaunet or ianet (images), iaunet_video (clips)")
 
 
-def load_weights(model, state, source="weights"):
-    """Loads a state_dict strictly (every key and shape named on a mismatch)."""
-    return load_state_dict_checked(model, state, source=source,
+def load_weights(model, state, source="weights", new_classes_ok=False):
+    """Loads a state_dict strictly (every key and shape named on a mismatch); with
+    ``new_classes_ok`` a classifier of another class count is re-initialised and reported."""
+    return load_state_dict_checked(model, state, source=source, new_classes_ok=new_classes_ok,
                                    hint=". Was it trained with the same -a/--arch?")
 
 

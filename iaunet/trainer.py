@@ -108,11 +108,11 @@ class IAUnetEngine(Engine):
         self.args = args
         self.name = args.arch
 
-    def evaluate_target(self, name, target):
+    def evaluate_target(self, name, target, return_distmat=False):
         """Images: the engine's evaluation. Video (``-d mars`` ...): tracklet features, the mean
-        of their clip features (``iaunet/video.py``)."""
+        of their clip features (``iaunet/video.py``); no distance matrix is returned."""
         if not video.is_video(self.args):
-            return super().evaluate_target(name, target)
+            return super().evaluate_target(name, target, return_distmat)
         results = video.evaluate_tracklets(self.module, target.query_loader,
                                            target.gallery_loader, self.args, self.device,
                                            progress=self.is_main)
@@ -197,7 +197,7 @@ def _run(args, context):
     loaders = (video.build_video_loaders if is_video else build_loaders)(
         args, dataset, distributed, pin_memory=context.device.type == "cuda")
     num_classes = (int(weights["classifier.weight"].shape[0])
-                   if weights is not None and "classifier.weight" in weights
+                   if args.evaluate and "classifier.weight" in weights
                    else dataset.num_train_pids)
     arch = ARCHS[args.arch]
     options = {"input_size": (args.height, args.width)} if arch == "ianet" else {}
@@ -207,7 +207,12 @@ def _run(args, context):
                         pretrained=not args.no_pretrained and checkpoint is None,
                         weights_path=args.pretrained_path, **options).to(context.device)
     if weights is not None:
-        load_weights(model, weights, source=f"--resume {resume}")
+        report = load_weights(model, weights, source=f"--resume {resume}",
+                              new_classes_ok=not args.evaluate)
+        if report.reinitialized:
+            log.warning(f"fine-tuning: {resume} was trained with {report.class_counts[0]} "
+                        f"classes and the training data has {report.class_counts[1]}; these keys "
+                        f"start from their initialisation: {', '.join(report.reinitialized)}")
     criterion = IAUnetLoss(num_classes, margin=args.margin, distance=args.distance,
                            alpha=args.alpha, mode=args.mode)
     optimizer = build_optimizer(args, model)

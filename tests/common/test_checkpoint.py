@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from common.checkpoint import (CheckpointError, load_checkpoint, resume_from, save_checkpoint)
+from common.checkpoint import (CheckpointError, load_checkpoint, load_state_dict_checked,
+                               resume_from, save_checkpoint)
 from common.runtime import seed_everything
 
 
@@ -142,3 +143,26 @@ def test_written_files_get_the_umask_permissions_not_0600(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+class TinyReid(nn.Module):
+    def __init__(self, num_classes):
+        super().__init__()
+        self.features = nn.Linear(4, 8)
+        self.classifier = nn.Linear(8, num_classes)
+
+
+def test_another_class_count_is_re_initialised_when_fine_tuning_and_an_error_otherwise():
+    trained = TinyReid(16).state_dict()
+    model = TinyReid(10)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    report = load_state_dict_checked(model, trained, new_classes_ok=True)
+    assert sorted(report.reinitialized) == ["classifier.bias", "classifier.weight"]
+    assert report.class_counts == (16, 10)  # (the file's, the model's)
+    assert torch.equal(model.features.weight, trained["features.weight"])
+    assert torch.equal(model.classifier.weight, initial["classifier.weight"])
+    with pytest.raises(CheckpointError, match=r"classifier.weight: file \(16, 8\), model \(10, 8\)"):
+        load_state_dict_checked(TinyReid(10), trained)
+    wider = dict(trained, **{"features.weight": torch.zeros(9, 4)})  # not a classifier: an error
+    with pytest.raises(CheckpointError, match=r"features.weight: file \(9, 4\), model \(8, 4\)"):
+        load_state_dict_checked(TinyReid(10), wider, new_classes_ok=True)

@@ -157,3 +157,15 @@ def test_evaluation_uses_the_input_size_the_run_recorded(market_mini, in_tmp):
         in_tmp / "experiment/check/log.txt").read_text()
     message = exit_message([*readme_test, "--height", "128", "--save", "conflict"])
     assert "--height 128 but" in message and "was trained with 64" in message
+
+
+def test_output_and_weights_file_errors_are_one_line(market_mini, in_tmp):
+    (in_tmp / "experiment").write_text("a file where the experiment folder should be")
+    message = exit_message(tiny_argv(market_mini, "run", "--epochs", "2"))
+    assert "cannot write to experiment/run" in message and "is a file, not a folder" in message
+    (in_tmp / "experiment").unlink()
+    (in_tmp / "random.pt").write_bytes(bytes(range(256)) * 64)
+    message = exit_message(tiny_argv(market_mini, "a", "--test_only", "--pre_train", "random.pt"))
+    assert "random.pt is not a torch checkpoint" in message and "weights_only" not in message
+    message = exit_message(tiny_argv(market_mini, "b", "--epochs", "2", "--load", "missing"))
+    assert "--load missing: experiment/missing does not exist" in message
