@@ -12,7 +12,7 @@ import argparse
 
 from apnet.config import load_config, with_recorded_keys
 from apnet.trainer import run
-from common.runtime import exit_on_user_error
+from common.runtime import add_runtime_flags, exit_on_user_error
 
 
 def build_parser():
@@ -22,17 +22,33 @@ def build_parser():
                         help="evaluate TEST.WEIGHT instead of training (the original test.py)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in OUTPUT_DIR from its latest checkpoint")
+    beyond = parser.add_argument_group(
+        "beyond the original (every method's spelling; before the KEY VALUE pairs)")
+    add_runtime_flags(beyond, separator="-")
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[],
                         help="KEY VALUE pairs overriding the config, e.g. APNET.LEVEL 1")
     return parser
 
 
+def runtime_overrides(args):
+    """The config keys that ``--no-pretrained``, ``--pretrained-path`` and ``--amp`` stand for."""
+    overrides = []
+    if args.no_pretrained:
+        overrides += ["MODEL.PRETRAINED", "False"]
+    if args.pretrained_path:
+        overrides += ["MODEL.PRETRAIN_PATH", args.pretrained_path]
+    if args.amp:
+        overrides += ["MODEL.AMP", "True"]
+    return overrides
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    opts = [*runtime_overrides(args), *args.opts]
     with exit_on_user_error("apnet/main.py"):
-        cfg = load_config(args.config_file or None, args.opts)
+        cfg = load_config(args.config_file or None, opts)
         if args.test:  # the input size and forward-only options the trained run recorded
-            cfg = with_recorded_keys(cfg, args.config_file or None, args.opts)
+            cfg = with_recorded_keys(cfg, args.config_file or None, opts)
         run(cfg, test_only=args.test, resume=args.resume)
 
 

@@ -76,12 +76,15 @@ def step_scheduler(scheduler, steps=1):
 
 
 def add_runtime_flags(group, separator="-"):
-    """Adds the flags every method has beyond its original CLI, spelt in that CLI's style
-    (``separator`` "_" gives ``--no_pretrained``, "-" gives ``--no-pretrained``); the attribute
-    names are ``no_pretrained``, ``pretrained_path`` and ``amp`` either way."""
-    group.add_argument(f"--no{separator}pretrained", action="store_true",
+    """Adds the flags every method has beyond its original CLI. Each is accepted in both
+    spellings (``--no-pretrained`` and ``--no_pretrained``), the help shows the one of that CLI's
+    style (``separator``); the attribute names are ``no_pretrained``, ``pretrained_path`` and
+    ``amp`` either way."""
+    other = "_" if separator == "-" else "-"
+    group.add_argument(f"--no{separator}pretrained", f"--no{other}pretrained", action="store_true",
                        help="random initialisation instead of ImageNet weights")
-    group.add_argument(f"--pretrained{separator}path", type=str, default=None,
+    group.add_argument(f"--pretrained{separator}path", f"--pretrained{other}path", type=str,
+                       default=None,
                        help="ImageNet ResNet-50 weights file (default: the torch hub cache)")
     group.add_argument("--amp", action="store_true", help="float16 mixed precision on CUDA")
 

@@ -1,0 +1,34 @@
+"""The five command lines keep their original flags and share the extra ones, in one spelling
+(with the underscore form accepted too)."""
+
+import pytest
+
+from abdnet.args import build_parser as abdnet_parser
+from apnet.main import build_parser as apnet_parser
+from apnet.main import runtime_overrides
+from iabnet.main import build_iab_parser
+from iaunet.main import build_parser as iaunet_parser
+from lagnet.main import build_parser as lagnet_parser
+
+PARSERS = {"lagnet": lagnet_parser, "abdnet": lambda: abdnet_parser("ABD-Net"),
+           "iabnet": build_iab_parser, "iaunet": iaunet_parser, "apnet": apnet_parser}
+REQUIRED = {"abdnet": ["-s", "market1501", "-t", "market1501"],
+            "iabnet": ["-s", "market1501", "-t", "market1501"]}
+
+
+@pytest.mark.parametrize("method", list(PARSERS))
+@pytest.mark.parametrize("spelling", ["--no-pretrained", "--no_pretrained"])
+def test_every_cli_takes_both_spellings_of_the_shared_flags(method, spelling):
+    required = REQUIRED.get(method, [])
+    args = PARSERS[method]().parse_args([spelling, "--pretrained-path", "w.pth", "--amp",
+                                         *required])
+    assert args.no_pretrained and args.pretrained_path == "w.pth" and args.amp
+    args = PARSERS[method]().parse_args(["--pretrained_path", "v.pth", *required])
+    assert not args.no_pretrained and args.pretrained_path == "v.pth"
+
+
+def test_apnet_turns_the_shared_flags_into_its_config_keys():
+    args = apnet_parser().parse_args(["--no-pretrained", "--amp", "--config_file", "c.yml",
+                                      "SOLVER.MAX_EPOCHS", "2"])
+    assert runtime_overrides(args) == ["MODEL.PRETRAINED", "False", "MODEL.AMP", "True"]
+    assert args.opts == ["SOLVER.MAX_EPOCHS", "2"]
