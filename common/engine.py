@@ -298,7 +298,8 @@ class Engine:
                 self.history.log_evaluation(self.epoch, _metrics(last))
                 write_run_results(self.folder / "results_last.json",
                                   self.results_payload("last", all_results))
-                if self.best()["epoch"] == self.epoch:
+                best = self.best()
+                if best is not None and best["epoch"] == self.epoch:
                     write_run_results(self.folder / "results_best.json",
                                       self.results_payload("best", all_results))
             self.context.barrier()

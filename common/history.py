@@ -7,6 +7,7 @@ record every method's ``main.py`` leaves in its output folder.
 from __future__ import annotations
 
 import json
+import math
 
 import matplotlib
 
@@ -53,10 +54,12 @@ class TrainingHistory:
                                  **{name: float(value) for name, value in metrics.items()}})
 
     def best(self, key="mAP"):
-        """The evaluation with the highest ``key`` (the earliest on ties), or None."""
-        if not self.evaluations:
+        """The evaluation with the highest ``key`` (the earliest on ties; a NaN never wins), or
+        None."""
+        finite = [row for row in self.evaluations if math.isfinite(row[key])]
+        if not finite:
             return None
-        return max(reversed(self.evaluations), key=lambda row: row[key])
+        return max(finite, key=lambda row: row[key])  # max keeps the first of equal rows
 
     def state_dict(self):
         return {"epochs": list(self.epochs), "evaluations": list(self.evaluations)}

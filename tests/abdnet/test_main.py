@@ -61,7 +61,7 @@ def test_train_evaluate_and_resume(market_mini, tmp_path, capsys):
     assert [row["epoch"] for row in history["evaluations"]] == [1, 2]
 
     # the original's file format: {state_dict, rank1, epoch (0-based)}, the best by rank-1
-    best_row = max(reversed(history["evaluations"]), key=lambda row: row["rank1"])
+    best_row = max(history["evaluations"], key=lambda row: row["rank1"])
     best = load(straight / "checkpoint_best.pth.tar")
     assert set(best) == {"state_dict", "rank1", "epoch"}
     assert best["epoch"] == best_row["epoch"] - 1

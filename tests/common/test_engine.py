@@ -114,7 +114,7 @@ def test_a_run_writes_state_weights_history_and_one_results_layout(tmp_path, cap
     assert set(best) == {"method", "kind", "epoch", "re_rank", "retrieval", "targets"}
     row = best["targets"]["toy"]
     assert (row["dataset"], row["num_query"], row["num_gallery"]) == ("toy", 8, 24)
-    best_row = max(reversed(history["evaluations"]), key=lambda r: r["rank1"])
+    best_row = max(history["evaluations"], key=lambda r: r["rank1"])
     assert best["epoch"] == best_row["epoch"] and row["rank1"] == pytest.approx(best_row["rank1"])
     assert best["retrieval"]["distance"] == "euclidean"
     out = capsys.readouterr().out

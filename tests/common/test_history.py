@@ -31,3 +31,15 @@ def test_loss_meter_averages_over_batches():
     meter.update({"a": 1.0})
     meter.update({"a": 2.0})
     assert meter.means() == {"a": 1.5}
+
+
+def test_a_nan_evaluation_is_never_the_best():
+    history = TrainingHistory()
+    history.log_evaluation(1, {"mAP": 0.2, "rank1": 0.3})
+    history.log_evaluation(2, {"mAP": float("nan"), "rank1": float("nan")})
+    history.log_evaluation(3, {"mAP": 0.2, "rank1": 0.1})
+    assert history.best()["epoch"] == 1  # the earliest of the ties; NaN skipped
+    assert history.best("rank1")["epoch"] == 1
+    only_nan = TrainingHistory()
+    only_nan.log_evaluation(1, {"mAP": float("nan")})
+    assert only_nan.best() is None

@@ -48,7 +48,7 @@ def test_train_with_masks_then_evaluate(market_with_masks, tmp_path, capsys):
     assert "mask loss on" in (run / "log_train.txt").read_text()
     best = torch.load(run / "best_model.pth.tar", weights_only=True)
     assert set(best) == {"state_dict", "rank1", "epoch"} and len(best["state_dict"]) == 399
-    best_row = max(reversed(history["evaluations"]), key=lambda row: row["rank1"])
+    best_row = max(history["evaluations"], key=lambda row: row["rank1"])
     main(["--root", str(market_with_masks), *TINY, "--save-dir", str(tmp_path / "test"),
           "--evaluate", "--resume", str(run / "best_model.pth.tar")])
     tested = json.loads((tmp_path / "test/results_evaluate.json").read_text())
