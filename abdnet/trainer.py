@@ -369,9 +369,6 @@ def _run(args, method, context):
     if args.evaluate:
         adopt_recorded_flags(args, args.load_weights or resume, getattr(args, "explicit", ()),
                              ("height", "width"), lambda name: f"--{name}", OptionError)
-    elif context.is_main:
-        write_run_record(save_dir, method.name.lower().replace("-", ""), (args.height, args.width),
-                         "bilinear", flags={"height": args.height, "width": args.width})
     resume_state = load_checkpoint(resume) if resume is not None and not args.evaluate else None
     resumable = resume_state is not None and "optimizer" in resume_state
     weights = args.load_weights or ("" if resumable else args.resume)
@@ -424,6 +421,9 @@ def _run(args, method, context):
     engine.wrap_for_training(find_unused_parameters=True)
     log.info(f"==> Start training on {device}"
              f"{f' x {distributed.world_size} processes' if distributed.enabled else ''}")
+    if context.is_main:
+        write_run_record(save_dir, method.name.lower().replace("-", ""), (args.height, args.width),
+                         "bilinear", flags={"height": args.height, "width": args.width})
     engine.fit()
     engine.report_best()
 
@@ -474,4 +474,5 @@ def _evaluate_only(engine, released):
             log.info(f"ranked lists of {len(target.dataset.query)} queries in {folder}")
 
     all_results = engine.evaluate(on_target=draw_ranked_lists)
-    engine.report("evaluate", all_results, epoch=released.epoch + 1 if released is not None else 0)
+    engine.report("evaluate", all_results,
+                  epoch=released.epoch + 1 if released is not None else None)

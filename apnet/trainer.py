@@ -255,10 +255,6 @@ def _run(cfg, test_only, resume, context):
         raise CheckpointError(f"--resume: no {cfg.MODEL.NAME}_checkpoint_<iteration>.pt in "
                               f"{output_dir}")
 
-    if not test_only and context.is_main:
-        write_run_record(output_dir, "apnet", cfg.INPUT.SIZE_TEST, RETRIEVAL.interpolation,
-                         model_options=model_options(cfg),
-                         flags={key: config_value(cfg, key) for key in RECORDED_KEYS})
     dataset = load_dataset(cfg)
     log.info(dataset.summary())
     loaders = build_loaders(cfg, dataset, context.distributed, pin_memory=device.type == "cuda",
@@ -298,5 +294,9 @@ def _run(cfg, test_only, resume, context):
         engine.resume(existing[-1])
     engine.wrap_for_training()  # the original trained on two GPUs with DataParallel
     log.info(f"Start training: {solver.MAX_EPOCHS - engine.epoch} epochs on {device}")
+    if context.is_main:
+        write_run_record(output_dir, "apnet", cfg.INPUT.SIZE_TEST, RETRIEVAL.interpolation,
+                         model_options=model_options(cfg),
+                         flags={key: config_value(cfg, key) for key in RECORDED_KEYS})
     engine.fit()
     engine.report_best()

@@ -81,6 +81,10 @@ def load_method_model(name, checkpoint=None, options=None):
     method, options = BENCH_METHODS[name], dict(options or {})
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise BenchModelError(f"{name}: checkpoint {checkpoint} does not exist")
+    record_path, record = find_run_record(checkpoint)
+    if record is not None and record.get("method") not in (None, name):
+        raise BenchModelError(f"{checkpoint} was written by a {record['method']} run "
+                              f"({record_path}); give the method {record['method']}, not {name}")
     try:
         if checkpoint is None:
             return method.fresh(options).eval()
@@ -88,10 +92,10 @@ def load_method_model(name, checkpoint=None, options=None):
     except CheckpointError as err:
         advice = ""
         if "does not match the model" in str(err):
-            advice = (". If the run used other architecture flags than the README's, give them "
-                      "with --model-option NAME=VALUE")
-        raise BenchModelError(f"{checkpoint} is not a {name} checkpoint that this network can "
-                              f"load: {err}{advice}") from None
+            advice = (" (if the run used other architecture flags than the README's, give them "
+                      "with --model-option NAME=VALUE)")
+        raise BenchModelError(f"{checkpoint} does not load into the {name} network: "
+                              f"{err}{advice}") from None
     except (TypeError, ValueError) as err:
         if not options:
             raise

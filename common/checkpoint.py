@@ -12,6 +12,7 @@ dtype constructors, never through unrestricted unpickling.
 
 from __future__ import annotations
 
+import logging
 import pickle
 import random
 from dataclasses import dataclass, field
@@ -26,6 +27,11 @@ __all__ = ["CheckpointError", "LEGACY_NUMPY_GLOBALS", "LoadReport", "capture_rng
            "is_classifier_key", "load_checkpoint", "load_state_dict_checked", "read_state_dict",
            "restore_rng_state", "resume_from", "save_checkpoint", "strip_parallel_prefix",
            "unwrap_model"]
+
+
+log = logging.getLogger(__name__)
+
+LISTED_KEYS = 10  # mismatched keys of each kind named in an error message (all go to the log)
 
 
 class CheckpointError(RuntimeError):
@@ -121,9 +127,14 @@ def load_state_dict_checked(module, state_dict, ignore_unexpected=(), source="ch
     report.ignored = [key for key in unexpected if key.startswith(tuple(ignore_unexpected))]
     unexpected = [key for key in unexpected if key not in report.ignored]
     if missing or unexpected or mismatched:
-        parts = [f"{len(items)} {label}: {', '.join(items)}" for label, items in (
+        kinds = [(label, items) for label, items in (
             ("missing key(s)", missing), ("unexpected key(s)", unexpected),
             ("shape mismatch(es)", mismatched)) if items]
+        for label, items in kinds:  # every key, in the log; the message names the first ones
+            log.warning(f"{source}: {len(items)} {label}:\n  " + "\n  ".join(items))
+        parts = [f"{len(items)} {label}: {', '.join(items[:LISTED_KEYS])}"
+                 + (f" and {len(items) - LISTED_KEYS} more (all in the log)"
+                    if len(items) > LISTED_KEYS else "") for label, items in kinds]
         raise CheckpointError(f"{source} does not match the model: {'; '.join(parts)}{hint}")
     module.load_state_dict(state_dict, strict=False)
     return report

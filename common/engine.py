@@ -130,6 +130,7 @@ class Engine:
         self.history = TrainingHistory()
         self.epoch = 0
         self.saved_state = None  # the last resumable state written or resumed from
+        self.in_after_epoch = False  # evaluating or saving the epoch just trained
 
     # --- the recipe: what a method states -------------------------------------------------------
 
@@ -273,7 +274,10 @@ class Engine:
         return all_results
 
     def results_payload(self, kind, all_results, epoch=None):
-        return run_results(self.name, kind, self.epoch if epoch is None else epoch, all_results,
+        """The results-file payload; ``epoch`` is the run's epoch for training kinds and, for
+        ``"evaluate"``, the epoch the weights file records (None when unknown)."""
+        return run_results(self.name, kind, epoch if kind == "evaluate" else self.epoch,
+                           all_results,
                            {name: target.dataset for name, target in self.targets.items()},
                            retrieval=self.retrieval, re_rank=self.re_rank)
 
@@ -346,13 +350,17 @@ class Engine:
         """The epochs: train, then evaluate and save as due (a method with phases extends it)."""
         while self.epoch < self.max_epoch:
             self.train_epoch()
+            self.in_after_epoch = True
             self.after_epoch()
+            self.in_after_epoch = False
 
     def interrupted_message(self):
+        where = (f"after epoch {self.epoch} (evaluating or saving it)" if self.in_after_epoch
+                 else f"in epoch {self.epoch + 1}")
         if self.saved_state is None:
-            return f"interrupted in epoch {self.epoch + 1}; nothing was saved yet"
-        return (f"interrupted in epoch {self.epoch + 1}; the last saved state is {self.saved_state}"
-                f"; continue with {self.context.resume_hint or 'the same command'}")
+            return f"interrupted {where}; nothing was saved yet"
+        return (f"interrupted {where}; the last saved state is {self.saved_state}; continue "
+                f"with {self.context.resume_hint or 'the same command'}")
 
     def report_best(self):
         """Prints and writes the best evaluation of the run (``results_best.json``)."""

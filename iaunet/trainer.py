@@ -169,7 +169,6 @@ def run(args):
 
 
 def _run(args, context):
-    log.info(f"Args: {vars(args)}")
     save_dir, distributed = context.folder, context.distributed
     state_path = save_dir / TRAINING_STATE
     resume = Path(args.resume) if args.resume else None
@@ -181,9 +180,7 @@ def _run(args, context):
     if args.evaluate:
         adopt_recorded_flags(args, resume, getattr(args, "explicit", ()), ("height", "width"),
                              lambda name: f"--{name}", OptionError)
-    elif context.is_main:
-        write_run_record(save_dir, "iaunet", (args.height, args.width), "bicubic",
-                         flags={"height": args.height, "width": args.width})
+    log.info(f"Args: {vars(args)}")
     checkpoint = load_checkpoint(resume) if resume is not None else None
     exact_resume = checkpoint is not None and "optimizer" in checkpoint and not args.evaluate
     weights = None
@@ -241,5 +238,8 @@ def _run(args, context):
     del checkpoint, weights  # the model and optimizer hold copies: the file is not kept for the run
     engine.wrap_for_training()
     log.info(f"Start training {args.max_epoch - engine.epoch} epochs on {context.device}")
+    if context.is_main:
+        write_run_record(save_dir, "iaunet", (args.height, args.width), "bicubic",
+                         flags={"height": args.height, "width": args.width})
     engine.fit()
     engine.report_best()

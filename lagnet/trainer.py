@@ -287,10 +287,6 @@ def _run(args, context):
         adopt_recorded_flags(args, weights, getattr(args, "explicit", ()), RECORDED_FLAGS,
                              lambda name: f"--{name}",
                              OptionError)
-    elif distributed.is_main:
-        write_run_record(folder, "lagnet", (args.height, args.width), RETRIEVAL.interpolation,
-                         model_options={name: getattr(args, name) for name in RECORDED_FLAGS[2:]},
-                         flags={name: getattr(args, name) for name in RECORDED_FLAGS})
     if distributed.is_main:
         with atomic_write(folder / "config.txt", "w") as handle:
             handle.writelines(f"{key}: {value}\n" for key, value in sorted(vars(args).items())
@@ -350,5 +346,9 @@ def _run(args, context):
     log.info(f"training {engine.max_epoch} epochs from epoch {engine.epoch + 1} on "
              f"{context.device}"
              f"{f' x {distributed.world_size} processes' if distributed.enabled else ''}")
+    if distributed.is_main:
+        write_run_record(folder, "lagnet", (args.height, args.width), RETRIEVAL.interpolation,
+                         model_options={name: getattr(args, name) for name in RECORDED_FLAGS[2:]},
+                         flags={name: getattr(args, name) for name in RECORDED_FLAGS})
     engine.fit()
     engine.report_best()

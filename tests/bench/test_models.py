@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from bench.models import BenchModelError, load_method_model, parse_model_options
+from common.runrecord import write_run_record
 from apnet.model import StripeAttention
 from apnet.model import build_model as build_apnet
 from lagnet.model import build_model as build_lagnet
@@ -104,3 +105,10 @@ def test_lagnet_weights_of_earlier_versions_load_renamed(tmp_path, caplog):
     images = torch.randn(2, 3, 64, 32)
     with torch.no_grad():
         torch.testing.assert_close(loaded(images), trained(images))
+
+
+def test_a_file_of_another_methods_run_is_named_by_its_run_record(tmp_path):
+    write_run_record(tmp_path, "lagnet", (64, 32), "bicubic")
+    torch.save({"epoch": 1}, tmp_path / "model_best.pt")
+    with pytest.raises(BenchModelError, match="written by a lagnet run .*give the method lagnet"):
+        load_method_model("apnet", tmp_path / "model_best.pt")

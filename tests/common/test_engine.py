@@ -165,7 +165,7 @@ def test_sigterm_ends_the_run_with_where_to_continue(tmp_path):
         engine = Interrupted(context)
         with pytest.raises(RunInterrupted) as interrupted:
             engine.fit()
-    assert "interrupted in epoch 3" in str(interrupted.value)
+    assert "interrupted after epoch 2 (evaluating or saving it)" in str(interrupted.value)
     assert "training_state.pt; continue with --resume x" in str(interrupted.value)
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
