@@ -169,3 +169,18 @@ def test_output_and_weights_file_errors_are_one_line(market_mini, in_tmp):
     assert "random.pt is not a torch checkpoint" in message and "weights_only" not in message
     message = exit_message(tiny_argv(market_mini, "b", "--epochs", "2", "--load", "missing"))
     assert "--load missing: experiment/missing does not exist" in message
+
+
+@pytest.mark.slow
+def test_pre_train_weights_of_another_class_count_fine_tune(market_mini, in_tmp):
+    """A file trained on 751 identities, fine-tuned on market1501_mini's 16: the classifiers
+    start afresh and are listed with both counts; everything else loads."""
+    from lagnet.model import build_model
+    torch.save(build_model(751, num_attentions=4, pretrained=False).state_dict(), "market.pt")
+    main(tiny_argv(market_mini, "fine", "--epochs", "2", "--test_every", "0", "--pre_train",
+                   "market.pt"))
+    log = (in_tmp / "experiment/fine/log.txt").read_text()
+    assert "fine-tuning: market.pt was trained with 751 classes and the training data has 16" in log
+    assert "classifier_gs.classifier.0.weight" in log
+    state = load_state(in_tmp / "experiment/fine/model/model_latest.pt")
+    assert state["classifier_gs.classifier.0.weight"].shape[0] == 16
