@@ -63,23 +63,26 @@ def channel_interaction(x):
 
 
 class ConvBN(nn.Module):
-    """Conv1x1 (with bias) then BatchNorm2d, as ``sa.conv``: keys ``conv.*`` and ``bn.*``."""
+    """A 1x1 (x1) convolution with bias, then BatchNorm, over images (``dims=2``, as ``sa.conv``)
+    or clips (``dims=3``, as ``SA.conv`` of IAU3D): keys ``conv.*`` and ``bn.*``."""
 
-    def __init__(self, in_channels, out_channels):
+    def __init__(self, in_channels, out_channels, dims=2):
         super().__init__()
-        self.conv = conv1x1(in_channels, out_channels)
-        self.bn = nn.BatchNorm2d(out_channels)
+        conv, norm = (nn.Conv2d, nn.BatchNorm2d) if dims == 2 else (nn.Conv3d, nn.BatchNorm3d)
+        self.conv = conv(in_channels, out_channels, kernel_size=1)
+        self.bn = norm(out_channels)
 
     def forward(self, x):
         return self.bn(self.conv(x))
 
 
 class PartAttention(nn.Module):
-    """A = sigmoid(BN(Conv1x1(C -> 4)(Z))): independent head / upper / lower / shoes maps."""
+    """A = sigmoid(BN(Conv1x1(C -> 4)(Z))): independent head / upper / lower / shoes maps of an
+    image (``dims=2``) or of every frame of a clip (``dims=3``)."""
 
-    def __init__(self, channels):
+    def __init__(self, channels, dims=2):
         super().__init__()
-        self.conv = ConvBN(channels, NUM_PARTS)
+        self.conv = ConvBN(channels, NUM_PARTS, dims)
 
     def forward(self, x):
         return torch.sigmoid(self.conv(x))
@@ -177,29 +180,6 @@ def stiau_blocked_edges(num_frames, num_parts=NUM_PARTS, device=None):
     return (same_frame == same_part).float()
 
 
-class ConvBN3d(nn.Module):
-    """Conv3d 1x1x1 (with bias) then BatchNorm3d, as ``SA.conv``: keys ``conv.*`` and ``bn.*``."""
-
-    def __init__(self, in_channels, out_channels):
-        super().__init__()
-        self.conv = nn.Conv3d(in_channels, out_channels, kernel_size=1)
-        self.bn = nn.BatchNorm3d(out_channels)
-
-    def forward(self, x):
-        return self.bn(self.conv(x))
-
-
-class PartAttention3d(nn.Module):
-    """A = sigmoid(BN3d(Conv3d(C -> 4)(Z))): the four part maps of every frame."""
-
-    def __init__(self, channels):
-        super().__init__()
-        self.conv = ConvBN3d(channels, NUM_PARTS)
-
-    def forward(self, x):
-        return torch.sigmoid(self.conv(x))
-
-
 def zero_bn3d(channels):
     bn = nn.BatchNorm3d(channels)
     nn.init.zeros_(bn.weight)
@@ -227,7 +207,7 @@ class IAU3D(nn.Module):
         super().__init__()
         half = channels // 2
         self.seq_len = seq_len
-        self.SA = PartAttention3d(channels)
+        self.SA = PartAttention(channels, dims=3)
         self.g = conv1x1(channels, half)
         self.STIAU = SIAUGraph(half)
         self.W1 = nn.Sequential(nn.Conv3d(channels, channels, kernel_size=1), zero_bn3d(channels))
