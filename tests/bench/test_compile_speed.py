@@ -72,7 +72,7 @@ def test_bad_checkpoints_are_clear_errors(tmp_path, capsys):
     with pytest.raises(BenchModelError, match="does not exist"):
         load_method_model("apnet", tmp_path / "missing.pt")
     torch.save({"model": build_iaunet(10, pretrained=False).state_dict()}, tmp_path / "iau.pt")
-    with pytest.raises(BenchModelError, match="is not a apnet checkpoint.*missing key"):
+    with pytest.raises(BenchModelError, match="does not load into the apnet network.*missing key"):
         load_method_model("apnet", tmp_path / "iau.pt")
     with pytest.raises(SystemExit, match="METHOD=PATH"):
         main(["--methods", "apnet", "--checkpoint", str(tmp_path / "iau.pt"), "--out",
