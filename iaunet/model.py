@@ -46,6 +46,17 @@ def conv1x1(in_channels, out_channels):
     return nn.Conv2d(in_channels, out_channels, kernel_size=1)
 
 
+RESNET_STAGES = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+
+
+def attach_resnet_stages(module, pretrained, weights_path):
+    """Registers the stem and the four stages of a last-stride-1 ResNet-50 on ``module`` under
+    the released names (:data:`RESNET_STAGES`, in that order), as all three networks have them."""
+    resnet = build_resnet50(last_stride=1, pretrained=pretrained, weights_path=weights_path)
+    for name in RESNET_STAGES:
+        setattr(module, name, getattr(resnet, name))
+
+
 def zero_bn(channels):
     """A BatchNorm2d whose weight and bias start at 0, so the branch it ends starts at 0."""
     bn = nn.BatchNorm2d(channels)
@@ -293,11 +304,7 @@ class IAUnet(nn.Module):
 
     def __init__(self, num_classes, pretrained=True, weights_path=None):
         super().__init__()
-        resnet = build_resnet50(last_stride=1, pretrained=pretrained, weights_path=weights_path)
-        self.conv1, self.bn1, self.relu, self.maxpool = (resnet.conv1, resnet.bn1, resnet.relu,
-                                                         resnet.maxpool)
-        self.layer1, self.layer2 = resnet.layer1, resnet.layer2
-        self.layer3, self.layer4 = resnet.layer3, resnet.layer4
+        attach_resnet_stages(self, pretrained, weights_path)
         self.IAU2 = IAU(512)
         self.IAU3 = IAU(1024)
         self.bn = nn.BatchNorm1d(2048)
@@ -324,12 +331,8 @@ class IANet(nn.Module):
 
     def __init__(self, num_classes, input_size=(256, 128), pretrained=True, weights_path=None):
         super().__init__()
-        resnet = build_resnet50(last_stride=1, pretrained=pretrained, weights_path=weights_path)
+        attach_resnet_stages(self, pretrained, weights_path)
         height, width = input_size
-        self.conv1, self.bn1, self.relu, self.maxpool = (resnet.conv1, resnet.bn1, resnet.relu,
-                                                         resnet.maxpool)
-        self.layer1, self.layer2 = resnet.layer1, resnet.layer2
-        self.layer3, self.layer4 = resnet.layer3, resnet.layer4
         self.layer2.append(IABlock(512, (math.ceil(height / 8), math.ceil(width / 8)), 10, 20))
         self.layer3.append(IABlock(1024, (math.ceil(height / 16), math.ceil(width / 16)), 5, 10))
         self.bn = nn.BatchNorm1d(2048)
@@ -358,11 +361,7 @@ class VideoIAUnet(nn.Module):
 
     def __init__(self, num_classes, seq_len=4, pretrained=True, weights_path=None):
         super().__init__()
-        resnet = build_resnet50(last_stride=1, pretrained=pretrained, weights_path=weights_path)
-        self.conv1, self.bn1, self.relu, self.maxpool = (resnet.conv1, resnet.bn1, resnet.relu,
-                                                         resnet.maxpool)
-        self.layer1, self.layer2 = resnet.layer1, resnet.layer2
-        self.layer3, self.layer4 = resnet.layer3, resnet.layer4
+        attach_resnet_stages(self, pretrained, weights_path)
         self.IAU2 = IAU3D(512, seq_len)
         self.IAU3 = IAU3D(1024, seq_len)
         self.bn = nn.BatchNorm1d(2048)
