@@ -363,7 +363,8 @@ class Engine:
                 f"with {self.context.resume_hint or 'the same command'}")
 
     def report_best(self):
-        """Prints and writes the best evaluation of the run (``results_best.json``)."""
+        """Prints the best evaluation of the run, as ``results_best.json`` holds it (also one
+        written before a resume)."""
         path = self.folder / "results_best.json"
         if self.is_main and path.exists():
             payload = read_run_results(path)
