@@ -88,7 +88,7 @@ def open_run(folder, *, log_name, seed, cpu, distributed, resume_hint="", clear=
     contents deleted first), logs to ``folder/log_name``, seeds every generator with
     ``seed + rank`` and picks the device; yields the :class:`RunContext`."""
     folder = Path(folder)
-    with RunFolder(folder, enabled=distributed.is_main) as run_folder:
+    with RunFolder(folder, enabled=distributed.is_main, logs=(log_name,)) as run_folder:
         cleared = clear and distributed.is_main and run_folder.clear()
         if distributed.enabled:
             torch.distributed.barrier()

@@ -287,13 +287,12 @@ def _run(args, context):
         adopt_recorded_flags(args, weights, getattr(args, "explicit", ()), RECORDED_FLAGS,
                              lambda name: f"--{name}",
                              OptionError)
+    dataset, train_loader, query_loader, gallery_loader = load_data(args, distributed)
+    log.info(dataset.summary())
     if distributed.is_main:
         with atomic_write(folder / "config.txt", "w") as handle:
             handle.writelines(f"{key}: {value}\n" for key, value in sorted(vars(args).items())
                               if key != "explicit")
-
-    dataset, train_loader, query_loader, gallery_loader = load_data(args, distributed)
-    log.info(dataset.summary())
     state = read_weights(weights) if weights is not None else None
     num_classes = resolve_num_classes(args, dataset, weights, state)
     from_file = full_resume or state is not None
