@@ -11,7 +11,8 @@ STAMP := $(VENV)/.attention-reid-installed
 .PHONY: install test demo bench clean
 
 # The demo: LAG-Net with the README's flags, at 64x32 on a synthetic Market-style set, from random
-# weights; first the untrained network is evaluated, then trained, so both numbers are printed.
+# weights; the untrained network is evaluated first, then trained, so both numbers are printed and
+# metrics.png starts at the untrained point.
 DEMO_DATA := data/synthetic
 DEMO_FLAGS := --datadir $(DEMO_DATA) --batchid 8 --batchimage 4 --batchtest 64 --test_every 5 \
 	--epochs 26 --decay_type step_320_380_420 --loss 1*CrossEntropy+2*Triplet+1*L2 --margin 1.2 \
@@ -32,10 +33,9 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m common.data.synthetic $(DEMO_DATA)
-	$(PY) lagnet/main.py $(DEMO_FLAGS) --test_only --reset --save demo_untrained
-	$(PY) lagnet/main.py $(DEMO_FLAGS) --reset --save demo
+	$(PY) lagnet/main.py $(DEMO_FLAGS) --eval_before_training --reset --save demo
 	@$(PY) -c "import json; m = lambda p: next(iter(json.load(open(p))['targets'].values())); \
-	u, t = m('experiment/demo_untrained/results_evaluate.json'), m('experiment/demo/results_best.json'); \
+	u, t = m('experiment/demo/results_before_training.json'), m('experiment/demo/results_best.json'); \
 	print(f\"demo: mAP {100 * u['mAP']:.1f}% untrained -> {100 * t['mAP']:.1f}% trained, \
 	rank-1 {100 * u['rank1']:.1f}% -> {100 * t['rank1']:.1f}%; plots and logs in experiment/demo/\")"
 

@@ -177,12 +177,18 @@ class TwoPhaseEngine(Engine):
         retrieval = Retrieval("bilinear", flip=args.flip_eval, normalize=False,
                               distance="sqeuclidean")
         super().__init__(context, model, retrieval=retrieval, max_epoch=args.max_epoch,
-                         amp=args.amp, **parts)
+                         amp=args.amp, eval_before_training=args.eval_before_training, **parts)
         self.name, self.method, self.args = method.name, method, args
         self.initial_optimizer_state = copy.deepcopy(self.optimizer.state_dict())
         self.fixbase_done = 0  # warm-up epochs finished
         self.in_fixbase = False
         self.epoch = args.start_epoch  # main epochs finished (the next one's 0-based index)
+
+    @property
+    def epoch_before_training(self):
+        """Before the warm-up (whose epochs the history numbers up to 0), or before the first
+        main epoch when there is none."""
+        return -self.args.fixbase_epoch if self.args.fixbase_epoch else self.epoch
 
     def prepare_epoch(self):
         self.train_loader.sampler.set_epoch(self.fixbase_done + self.epoch)

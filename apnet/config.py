@@ -98,6 +98,7 @@ DEFAULTS = {
         "IMS_PER_BATCH": 128,
         "RE_RANK": False,
         "WEIGHT": "",
+        "EVAL_BEFORE_TRAINING": False,  # ours: evaluate the initial weights before epoch 1
     },
     "OUTPUT_DIR": "",
 }

@@ -31,7 +31,8 @@ def build_parser():
 
 
 def runtime_overrides(args):
-    """The config keys that ``--no-pretrained``, ``--pretrained-path`` and ``--amp`` stand for."""
+    """The config keys that ``--no-pretrained``, ``--pretrained-path``, ``--amp`` and
+    ``--eval-before-training`` stand for."""
     overrides = []
     if args.no_pretrained:
         overrides += ["MODEL.PRETRAINED", "False"]
@@ -39,6 +40,8 @@ def runtime_overrides(args):
         overrides += ["MODEL.PRETRAIN_PATH", args.pretrained_path]
     if args.amp:
         overrides += ["MODEL.AMP", "True"]
+    if args.eval_before_training:
+        overrides += ["TEST.EVAL_BEFORE_TRAINING", "True"]
     return overrides
 
 

@@ -187,7 +187,8 @@ class APNetEngine(Engine):
 
     def __init__(self, context, model, cfg, **parts):
         super().__init__(context, model, retrieval=RETRIEVAL, max_epoch=cfg.SOLVER.MAX_EPOCHS,
-                         amp=cfg.MODEL.AMP, re_rank=cfg.TEST.RE_RANK, **parts)
+                         amp=cfg.MODEL.AMP, re_rank=cfg.TEST.RE_RANK,
+                         eval_before_training=cfg.TEST.EVAL_BEFORE_TRAINING, **parts)
         self.cfg = cfg
 
     def compute_loss(self, batch):

@@ -117,7 +117,7 @@ class Engine:
 
     def __init__(self, context, model, *, targets, retrieval, optimizer=None, scheduler=None,
                  criterion=None, train_loader=None, max_epoch=0, amp=False, re_rank=False,
-                 weights_source="the initial weights"):
+                 weights_source="the initial weights", eval_before_training=False):
         self.context, self.folder = context, Path(context.folder)
         self.device = context.device
         self.model, self.criterion = model, criterion
@@ -126,6 +126,7 @@ class Engine:
         self.retrieval, self.re_rank, self.amp = retrieval, re_rank, amp
         self.max_epoch = max_epoch
         self.weights_source = weights_source
+        self.eval_before_training = eval_before_training
         self.scaler = grad_scaler(context.device, amp)
         self.history = TrainingHistory()
         self.epoch = 0
@@ -274,9 +275,10 @@ class Engine:
         return all_results
 
     def results_payload(self, kind, all_results, epoch=None):
-        """The results-file payload; ``epoch`` is the run's epoch for training kinds and, for
-        ``"evaluate"``, the epoch the weights file records (None when unknown)."""
-        return run_results(self.name, kind, epoch if kind == "evaluate" else self.epoch,
+        """The results-file payload; ``epoch`` is the run's epoch for ``"best"`` and ``"last"``;
+        otherwise the one given (for ``"evaluate"`` the epoch the weights file records, None when
+        unknown)."""
+        return run_results(self.name, kind, self.epoch if kind in ("best", "last") else epoch,
                            all_results,
                            {name: target.dataset for name, target in self.targets.items()},
                            retrieval=self.retrieval, re_rank=self.re_rank)
@@ -312,6 +314,22 @@ class Engine:
                 self.save_state(evaluated)
             self.context.barrier()
 
+    def evaluate_before_training(self):
+        """Evaluates the initial weights (``--eval-before-training``): printed, written to
+        ``results_before_training.json`` and kept in the history as the first point of
+        ``metrics.png``, at the epoch number before the first training epoch; never the best."""
+        if self.is_main:
+            all_results = self.evaluate()
+            self.history.log_evaluation(self.epoch_before_training, _metrics(
+                list(all_results.values())[-1]), before_training=True)
+            self.report("before_training", all_results, epoch=self.epoch_before_training)
+        self.context.barrier()
+
+    @property
+    def epoch_before_training(self):
+        """The history's epoch number of the weights before the first training epoch."""
+        return self.epoch
+
     def save_state(self, evaluated):
         """The resumable state first, then the weight files and the history plots."""
         path = self.state_path()
@@ -339,9 +357,12 @@ class Engine:
                               best is not None and best["epoch"] == self.epoch)
 
     def fit(self):
-        """Trains until ``max_epoch``; Ctrl-C or SIGTERM end it with where to continue."""
+        """Trains until ``max_epoch``; Ctrl-C or SIGTERM end it with where to continue. With
+        ``eval_before_training`` a run that has trained nothing yet is evaluated first."""
         with _sigterm_as_interrupt():
             try:
+                if self.eval_before_training and not self.history.epochs:
+                    self.evaluate_before_training()
                 self.train_loop()
             except KeyboardInterrupt:
                 raise RunInterrupted(self.interrupted_message()) from None

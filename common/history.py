@@ -39,7 +39,9 @@ class LossMeter:
 
 class TrainingHistory:
     """``epochs``: dicts with ``epoch``, ``lr`` and ``losses`` (name -> mean value);
-    ``evaluations``: dicts with ``epoch`` and the metrics (``mAP``, ``rank1``, ...) as fractions."""
+    ``evaluations``: dicts with ``epoch`` and the metrics (``mAP``, ``rank1``, ...) as fractions;
+    the evaluation of the weights before training (``--eval-before-training``) also has
+    ``"before_training": True``."""
 
     def __init__(self):
         self.epochs = []
@@ -49,14 +51,17 @@ class TrainingHistory:
         self.epochs.append({"epoch": int(epoch), "lr": float(lr),
                             "losses": {name: float(value) for name, value in losses.items()}})
 
-    def log_evaluation(self, epoch, metrics):
-        self.evaluations.append({"epoch": int(epoch),
-                                 **{name: float(value) for name, value in metrics.items()}})
+    def log_evaluation(self, epoch, metrics, before_training=False):
+        row = {"epoch": int(epoch), **{name: float(value) for name, value in metrics.items()}}
+        if before_training:
+            row["before_training"] = True
+        self.evaluations.append(row)
 
     def best(self, key="mAP"):
-        """The evaluation with the highest ``key`` (the earliest on ties; a NaN never wins), or
-        None."""
-        finite = [row for row in self.evaluations if math.isfinite(row[key])]
+        """The evaluation with the highest ``key`` (the earliest on ties; a NaN never wins; the
+        one before training is a reference point, never the best), or None."""
+        finite = [row for row in self.evaluations
+                  if math.isfinite(row[key]) and not row.get("before_training")]
         if not finite:
             return None
         return max(finite, key=lambda row: row[key])  # max keeps the first of equal rows

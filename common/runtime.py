@@ -78,8 +78,8 @@ def step_scheduler(scheduler, steps=1):
 def add_runtime_flags(group, separator="-"):
     """Adds the flags every method has beyond its original CLI. Each is accepted in both
     spellings (``--no-pretrained`` and ``--no_pretrained``), the help shows the one of that CLI's
-    style (``separator``); the attribute names are ``no_pretrained``, ``pretrained_path`` and
-    ``amp`` either way."""
+    style (``separator``); the attribute names are ``no_pretrained``, ``pretrained_path``,
+    ``amp`` and ``eval_before_training`` either way."""
     other = "_" if separator == "-" else "-"
     group.add_argument(f"--no{separator}pretrained", f"--no{other}pretrained", action="store_true",
                        help="random initialisation instead of ImageNet weights")
@@ -87,6 +87,10 @@ def add_runtime_flags(group, separator="-"):
                        default=None,
                        help="ImageNet ResNet-50 weights file (default: the torch hub cache)")
     group.add_argument("--amp", action="store_true", help="float16 mixed precision on CUDA")
+    group.add_argument(f"--eval{separator}before{separator}training",
+                       f"--eval{other}before{other}training", action="store_true",
+                       help="evaluate the initial weights before the first epoch (the first point "
+                            "of metrics.png; results_before_training.json; never the best)")
 
 
 def select_device(cpu=False, local_rank=0):

@@ -104,7 +104,7 @@ class IAUnetEngine(Engine):
                               distance=distance,
                               protocol="cuhk03" if args.use_metric_cuhk03 else "standard")
         super().__init__(context, model, retrieval=retrieval, max_epoch=args.max_epoch,
-                         amp=args.amp, **parts)
+                         amp=args.amp, eval_before_training=args.eval_before_training, **parts)
         self.args = args
         self.name = args.arch
 

@@ -172,6 +172,7 @@ class LAGNetEngine(Engine):
 
     def __init__(self, context, model, args, **parts):
         super().__init__(context, model, amp=args.amp, re_rank=args.re_rank, retrieval=RETRIEVAL,
+                         eval_before_training=args.eval_before_training,
                          max_epoch=args.epochs if args.train_all_epochs else args.epochs - 1,
                          **parts)
         self.args = args

@@ -21,14 +21,18 @@ REQUIRED = {"abdnet": ["-s", "market1501", "-t", "market1501"],
 def test_every_cli_takes_both_spellings_of_the_shared_flags(method, spelling):
     required = REQUIRED.get(method, [])
     args = PARSERS[method]().parse_args([spelling, "--pretrained-path", "w.pth", "--amp",
-                                         *required])
+                                         "--eval-before-training", *required])
     assert args.no_pretrained and args.pretrained_path == "w.pth" and args.amp
-    args = PARSERS[method]().parse_args(["--pretrained_path", "v.pth", *required])
+    assert args.eval_before_training
+    args = PARSERS[method]().parse_args(["--pretrained_path", "v.pth", "--eval_before_training",
+                                         *required])
     assert not args.no_pretrained and args.pretrained_path == "v.pth"
+    assert args.eval_before_training and not args.amp
 
 
 def test_apnet_turns_the_shared_flags_into_its_config_keys():
-    args = apnet_parser().parse_args(["--no-pretrained", "--amp", "--config_file", "c.yml",
-                                      "SOLVER.MAX_EPOCHS", "2"])
-    assert runtime_overrides(args) == ["MODEL.PRETRAINED", "False", "MODEL.AMP", "True"]
+    args = apnet_parser().parse_args(["--no-pretrained", "--amp", "--eval-before-training",
+                                      "--config_file", "c.yml", "SOLVER.MAX_EPOCHS", "2"])
+    assert runtime_overrides(args) == ["MODEL.PRETRAINED", "False", "MODEL.AMP", "True",
+                                       "TEST.EVAL_BEFORE_TRAINING", "True"]
     assert args.opts == ["SOLVER.MAX_EPOCHS", "2"]

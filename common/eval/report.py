@@ -70,7 +70,8 @@ def run_results(method, kind, epoch, all_results, datasets, retrieval=None, re_r
 
     Args:
         method: the method's name, e.g. "LAG-Net".
-        kind: "best", "last" (training) or "evaluate" (an evaluation-only run).
+        kind: "best", "last", "before_training" (training) or "evaluate" (an evaluation-only
+            run).
         epoch: epochs trained when evaluated (None if unknown).
         all_results: ``{target name: evaluate_rank result}`` in evaluation order.
         datasets: ``{target name: ReidDataset}`` (for the dataset name and set sizes).
@@ -109,7 +110,8 @@ def format_run_table(payload):
     followed by a warning for each target where no query has a valid match."""
     epoch = "" if payload["epoch"] is None else f", epoch {payload['epoch']}"
     rerank = ", re-ranked" if payload.get("re_rank") else ""
-    lines = [f"{payload['method']} ({payload['kind']}{epoch}{rerank})",
+    kind = payload["kind"].replace("_", " ")
+    lines = [f"{payload['method']} ({kind}{epoch}{rerank})",
              f"{'target':<16} {'queries':>8} {'gallery':>8} "
              + " ".join(f"{label:>6}" for _, label in RUN_TABLE_KEYS)]
     warnings = []

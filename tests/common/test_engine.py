@@ -63,14 +63,16 @@ def make_data():
 class ToyEngine(Engine):
     name = "Toy"
 
-    def __init__(self, context, max_epoch=4, lr=0.05, poison_epoch=None):
+    def __init__(self, context, max_epoch=4, lr=0.05, poison_epoch=None,
+                 eval_before_training=False):
         model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 4))
         optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 2, 0.5)
         train_loader, targets = make_data()
         super().__init__(context, model, targets=targets, retrieval=RETRIEVAL,
                          optimizer=optimizer, scheduler=scheduler, train_loader=train_loader,
-                         max_epoch=max_epoch, criterion=nn.CrossEntropyLoss())
+                         max_epoch=max_epoch, criterion=nn.CrossEntropyLoss(),
+                         eval_before_training=eval_before_training)
         self.poison_epoch = poison_epoch
         self.weight_files = []
 
@@ -120,6 +122,23 @@ def test_a_run_writes_state_weights_history_and_one_results_layout(tmp_path, cap
     out = capsys.readouterr().out
     assert "Toy (best, epoch" in out and "mINP" in out
     assert engine.weight_files[-1][0] == 4
+
+
+def test_the_evaluation_before_training_is_the_first_point_and_never_the_best(tmp_path, capsys):
+    engine = run_toy(tmp_path / "run", eval_before_training=True, lr=0.0)  # nothing learns
+    folder = tmp_path / "run"
+    history = json.loads((folder / "history.json").read_text())
+    first, *trained = history["evaluations"]
+    assert first["epoch"] == 0 and first["before_training"] is True
+    assert [row["epoch"] for row in trained] == [2, 4]
+    # with lr 0 every evaluation scores the same: the best is still a trained epoch (the earliest)
+    assert first["rank1"] == trained[0]["rank1"]
+    assert json.loads((folder / "results_best.json").read_text())["epoch"] == 2
+    before = json.loads((folder / "results_before_training.json").read_text())
+    assert before["kind"] == "before_training" and before["epoch"] == 0
+    assert before["targets"]["toy"]["rank1"] == pytest.approx(first["rank1"])
+    assert "Toy (before training, epoch 0)" in capsys.readouterr().out
+    assert engine.best()["epoch"] == 2
 
 
 def test_resume_is_exact_and_rewrites_weight_files_a_kill_left_out(tmp_path):
