@@ -341,6 +341,8 @@ class Engine:
         best = self.best()
         self.save_weights(evaluated, best is not None and best["epoch"] == self.epoch)
         self.history.write(self.folder)
+        log.info(f"saved epoch {self.epoch} to {self.folder} (the folder holds "
+                 f"{_folder_size(self.folder) / 1e6:,.0f} MB)")
 
     def resume(self, path, loaded=None):
         """Continues the run saved in ``path`` exactly (``loaded``: its contents, if read)."""
@@ -398,6 +400,11 @@ def _metrics(results):
     cmc = results["cmc"]
     return {"mAP": results["mAP"], "mINP": results["mINP"], "rank1": cmc[0], "rank3": cmc[2],
             "rank5": cmc[4], "rank10": cmc[9], "rank20": cmc[19]}
+
+
+def _folder_size(folder):
+    """Bytes of the files under ``folder``."""
+    return sum(path.stat().st_size for path in Path(folder).rglob("*") if path.is_file())
 
 
 @contextlib.contextmanager

@@ -63,6 +63,9 @@ def build_parser():
     beyond = parser.add_argument_group("beyond the original")
     add_runtime_flags(beyond, separator="-")
     beyond.add_argument("--use-cpu", action="store_true", help="run on the CPU")
+    beyond.add_argument("--no-epoch-checkpoints", action="store_true",
+                        help="skip checkpoint_ep<E>.pth.tar (the original writes one at each "
+                             "evaluation, about 116 MB each); best and training state are kept")
     return parser
 
 

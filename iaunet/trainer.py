@@ -19,7 +19,6 @@ is always evaluated; the flipped query features work.
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 import torch
@@ -129,17 +128,18 @@ class IAUnetEngine(Engine):
 
     def save_weights(self, evaluated, is_best):
         """At each evaluation ``checkpoint_ep{E}.pth.tar`` (``{state_dict, rank1, epoch}``, the
-        original's format, epoch 0-based) and, for the best rank-1, ``best_model.pth.tar``."""
+        original's format, epoch 0-based; not with ``--no-epoch-checkpoints``) and, for the best
+        rank-1, ``best_model.pth.tar``."""
         if not evaluated:
             return
-        path = self.folder / f"checkpoint_ep{self.epoch}.pth.tar"
-        with atomic_write(path) as handle:
-            torch.save({"state_dict": self.module.state_dict(),
-                        "rank1": self.history.evaluations[-1]["rank1"], "epoch": self.epoch - 1},
-                       handle)
+        names = [] if self.args.no_epoch_checkpoints else [f"checkpoint_ep{self.epoch}.pth.tar"]
         if is_best:
-            with atomic_write(self.folder / "best_model.pth.tar") as handle, open(path, "rb") as src:
-                shutil.copyfileobj(src, handle)
+            names.append("best_model.pth.tar")
+        checkpoint = {"state_dict": self.module.state_dict(),
+                      "rank1": self.history.evaluations[-1]["rank1"], "epoch": self.epoch - 1}
+        for name in names:
+            with atomic_write(self.folder / name) as handle:
+                torch.save(checkpoint, handle)
 
 
 def check_options(args):

@@ -121,6 +121,9 @@ def test_a_run_writes_state_weights_history_and_one_results_layout(tmp_path, cap
     assert best["retrieval"]["distance"] == "euclidean"
     out = capsys.readouterr().out
     assert "Toy (best, epoch" in out and "mINP" in out
+    size = sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+    assert f"saved epoch 4 to {folder} (the folder holds {size / 1e6:,.0f} MB)" in (
+        folder / "log.txt").read_text()
     assert engine.weight_files[-1][0] == 4
 
 

@@ -58,12 +58,14 @@ def test_train_with_masks_then_evaluate(market_with_masks, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_without_masks_the_mask_loss_is_off_and_said(market_mini, tmp_path):
+def test_without_masks_the_mask_loss_is_off_and_said_and_no_epoch_checkpoints(market_mini, tmp_path):
     run = tmp_path / "run"
-    main(["--root", str(market_mini), *TINY, "--max-epoch", "1", "--save-dir", str(run)])
+    main(["--root", str(market_mini), *TINY, "--max-epoch", "1", "--save-dir", str(run),
+          "--no-epoch-checkpoints"])
     history = json.loads((run / "history.json").read_text())
     assert set(history["epochs"][0]["losses"]) == {"xent", "htri", "total"}
     assert "training WITHOUT the mask loss" in (run / "log_train.txt").read_text()
+    assert not list(run.glob("checkpoint_ep*")) and (run / "best_model.pth.tar").is_file()
 
 
 def test_user_errors(market_mini, tmp_path):
