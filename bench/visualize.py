@@ -125,7 +125,7 @@ def _method_attention(method):
 
 def _title(method, weights, what, sample):
     names = weights[0].label if len(weights) == 1 else " (top) vs ".join(w.label for w in weights)
-    return f"{method} | {names} | {what} | {Path(sample.path).name}"
+    return f"{method} | {names}\n{what} | {Path(sample.path).name}"
 
 
 def _figure_path(folder, index, sample, name):
@@ -211,7 +211,7 @@ def draw_ranks(weights, query, gallery, indices, labelled, folder, top_k=10, jun
         path = folder / f"{index:05d}_{Path(sample.path).stem}.png"
         save_ranked_list(sample.path, [gallery[j].path for j in order], path,
                          [NEUTRAL_COLOR] * len(order), slots=top_k,
-                         captions=[f"{distmat[row, j]:.3f}" for j in order])
+                         captions=[f"{distmat[row, j]:.4g}" for j in order])
         written.append(path)
     return written
 

@@ -93,9 +93,9 @@ def read_attention(network, taps, images):
     try:
         outputs, handles = _hooked_outputs(network, paths)
     except AttributeError as err:
-        tap = next(t for t in taps if str(err) in t.modules)
+        tap = next(t for t in taps if err.args[0] in t.modules)
         raise AttentionTapError(f"attention tap {tap.name!r}: the network has no module "
-                                f"{err} (built with other options than the tap list "
+                                f"{err.args[0]!r} (built with other options than the tap list "
                                 f"assumes?)") from None
     try:
         with torch.no_grad():

@@ -77,7 +77,7 @@ def visualize_ranked_results(distmat, query, gallery, save_dir, topk=10, height=
         ranked_junk = (np.zeros(len(ranked), bool) if junk == "skip" else is_junk[:topk])
         colors = [JUNK_COLOR if bad else MATCH_COLOR if g_pids[g] == sample.pid
                   else MISMATCH_COLOR for g, bad in zip(ranked, ranked_junk)]
-        captions = [f"{distmat[index, g]:.3f}" + (" junk" if bad else "")
+        captions = [f"{distmat[index, g]:.4g}" + (" junk" if bad else "")
                     for g, bad in zip(ranked, ranked_junk)]
         path = save_dir / f"{index:05d}_{Path(sample.path).stem}.png"
         save_ranked_list(sample.path, [gallery[g].path for g in ranked], path, colors,
@@ -148,7 +148,8 @@ def save_attention_figure(image, rows, path, title, labels=(), value_range=None,
         rows: ``[(row title, maps), ...]``, maps (K, h, w) array-like, the same K for each row
             (e.g. one row per checkpoint).
         path: the PNG to write.
-        title: the figure's title (method, checkpoint, layer).
+        title: the figure's title (method, checkpoint, layer), lines split by "\\n"; the
+            figure is widened to fit its longest line.
         labels: the K maps' names (default "map 1" ...).
     Returns:
         per row, the (left, top, right, bottom) pixel box of each panel in the PNG, the plain
@@ -170,9 +171,11 @@ def save_attention_figure(image, rows, path, title, labels=(), value_range=None,
                                 max(float(m.max()) for _, m in rows))
     high = high if high > low else low + 1e-6
     panel_width = panel_height * width / height
+    lines = title.count("\n") + 1
     figure, axes = plt.subplots(len(rows), count + 1, squeeze=False,
-                                figsize=((count + 1) * (panel_width + 0.15) + 1.1,
-                                         len(rows) * (panel_height + 0.35) + 0.7))
+                                figsize=(max((count + 1) * (panel_width + 0.15) + 1.1,
+                                             0.07 * max(map(len, title.splitlines())) + 0.6),
+                                         len(rows) * (panel_height + 0.35) + 0.5 + 0.2 * lines))
     shown = None
     for row, (row_title, maps) in enumerate(rows):
         axes[row, 0].imshow(pixels)
