@@ -1,6 +1,7 @@
 """APNet's per-level attention taps (apnet/attention.py): APNet-C's levels as activation maps,
 APNet-S's RGA-S maps stripe by stripe; documented shapes."""
 
+import pytest
 import torch
 
 from apnet.attention import attention_taps
@@ -18,6 +19,7 @@ def test_apnet_c_has_one_tap_per_level():
     assert attention_taps(build_model(10, level=0, pretrained=False)) == []
 
 
+@pytest.mark.slow
 def test_apnet_s_taps_are_the_rga_s_maps_of_every_stripe():
     torch.manual_seed(0)
     network = build_model(10, level=3, agent="rga_s", input_size=(64, 32),

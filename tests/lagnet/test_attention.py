@@ -1,6 +1,7 @@
 """LAG-Net's attention tap (lagnet/attention.py): the M LAS maps of the documented shape, in the
 network's own order."""
 
+import pytest
 import torch
 
 from common.eval.attention import read_attention
@@ -8,6 +9,7 @@ from lagnet.attention import attention_taps
 from lagnet.model import build_model
 
 
+@pytest.mark.slow
 def test_the_local_attention_tap_gives_the_m_selected_maps_largest_first():
     torch.manual_seed(0)
     network = build_model(10, num_attentions=4, pretrained=False).eval()
