@@ -49,6 +49,7 @@ def attention_taps(network):
                 f"level{level}", tuple(f"{path}.agents.{k}.W_spatial"
                                        for k in range(len(module.agents))),
                 _stripe_gates, (f"level {level} RGA-S",), value_range=(0.0, 1.0),
+                unit="RGA-S gate (sigmoid)",
                 description=f"RGA-S maps of level {level} ({len(module.agents)} stripes)"))
         else:
             taps.append(AttentionTap(

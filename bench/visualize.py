@@ -152,9 +152,7 @@ def draw_attention(method, weights, samples, folder, max_maps=8):
             save_attention_figure(read_image(sample.path), rows, path,
                                   _title(method, weights, f"{tap.name}: {modules}", sample),
                                   labels=tap.labels[:max_maps] if tap.labels else (),
-                                  value_range=tap.value_range,
-                                  colorbar_label="gate value" if tap.value_range else
-                                  "activation (unit L2 norm)")
+                                  value_range=tap.value_range, colorbar_label=tap.unit)
             written.append(path)
     return written
 

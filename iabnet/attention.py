@@ -47,7 +47,7 @@ def attention_taps(network):
     if hasattr(network.common_branch.shallow_cam, "_cam_module"):
         blocks = {"coab_shallow": "common_branch.shallow_cam._cam_module", **blocks}
     taps = [AttentionTap(name, (f"{path}.SpatialGate.spatial",), _spatial_gate, ("spatial gate",),
-                         value_range=(0.0, 1.0),
+                         value_range=(0.0, 1.0), unit="spatial gate (sigmoid)",
                          description=f"COAB spatial map of {path}")
             for name, path in blocks.items()]
     return taps + [tap for tap in two_branch_taps(network) if tap.name != "shallow_cam"]

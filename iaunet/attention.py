@@ -35,7 +35,7 @@ def attention_taps(network):
     """
     if isinstance(network, IAUnet):
         return [AttentionTap(f"parts_{stage}", (f"{block}.sa",), lambda outputs: outputs[0],
-                             PARTS, value_range=(0.0, 1.0),
+                             PARTS, value_range=(0.0, 1.0), unit="part map (sigmoid)",
                              description=f"SIAU part maps of the IAU block after {stage}")
                 for stage, block in (("layer2", "IAU2"), ("layer3", "IAU3"))]
     if isinstance(network, IANet):

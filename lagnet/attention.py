@@ -33,4 +33,5 @@ def attention_taps(network):
 
     labels = tuple(f"LAS map {k + 1}" for k in range(network.num_attentions))
     return [AttentionTap("local_attention", ("attentions",), selected, labels,
+                         unit="LAS map (after ReLU)",
                          description="the M LAS maps kept by select_top_maps (lagnet.md §3.2)")]

@@ -38,6 +38,7 @@ class AttentionTap:
         labels: the names of the K maps (e.g. body parts), or ``()`` for numbered maps.
         value_range: the maps' fixed range (e.g. ``(0, 1)`` for sigmoid gates), drawn as the
             colour bar's; ``None`` scales the colour bar to the values of each figure.
+        unit: what the values are, the colour bar's label.
         description: what the maps are, with the source (shown in ``--help`` and READMEs).
     """
 
@@ -46,6 +47,7 @@ class AttentionTap:
     to_maps: Callable[[list], torch.Tensor]
     labels: tuple = ()
     value_range: Optional[tuple] = None
+    unit: str = "activation (unit L2 norm)"
     description: str = ""
 
 
