@@ -192,8 +192,8 @@ def draw_maps(method, weights, samples, folder, kind="gradcam", layer=None):
 
 def draw_ranks(weights, query, gallery, indices, labelled, folder, top_k=10, junk="skip"):
     """Ranked lists of the queries ``query[indices]`` (``common.eval.visualize``), distances in
-    the method's metric; returns the paths written. Without labels each query is ranked
-    against the other crops, in grey frames."""
+    the method's metric, numbered in the order of ``indices``; returns the paths written.
+    Without labels each query is ranked against the other crops, in grey frames."""
     extractor = weights.extractor
     metric = extractor.retrieval.distance
     chosen = [query[i] for i in indices]
@@ -206,7 +206,7 @@ def draw_ranks(weights, query, gallery, indices, labelled, folder, top_k=10, jun
     written = []
     for row, (index, sample) in enumerate(zip(indices, chosen)):
         order = [j for j in np.argsort(distmat[row], kind="stable") if j != index][:top_k]
-        path = folder / f"{index:05d}_{Path(sample.path).stem}.png"
+        path = folder / f"{row:05d}_{Path(sample.path).stem}.png"
         save_ranked_list(sample.path, [gallery[j].path for j in order], path,
                          [NEUTRAL_COLOR] * len(order), slots=top_k,
                          captions=[f"{distmat[row, j]:.4g}" for j in order])

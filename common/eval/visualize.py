@@ -40,9 +40,9 @@ JUNK_RULES = ("skip", "mark")
 
 
 def visualize_ranked_results(distmat, query, gallery, save_dir, topk=10, height=256, width=128,
-                             border=4, gap=12, junk="skip", indices=None):
-    """Writes ``<save_dir>/<query index>_<query file name>.png`` for every query (or the
-    queries at ``indices``) and returns the paths written.
+                             border=4, gap=12, junk="skip"):
+    """Writes ``<save_dir>/<query index>_<query file name>.png`` for every query and returns
+    the paths written.
 
     Each image is the query (black frame), a gap, then its ``topk`` nearest gallery images in
     order, each with its distance written under it. With ``junk="skip"`` (the evaluation's rule)
@@ -53,7 +53,6 @@ def visualize_ranked_results(distmat, query, gallery, save_dir, topk=10, height=
     Args:
         distmat: (Q, G) distances, smaller = closer, in the method's metric.
         query, gallery: the :class:`common.data.Sample` lists the rows and columns refer to.
-        indices: the query rows to draw (default: all).
     Raises:
         ValueError: ``distmat`` does not match the lists, or ``junk`` is not a rule.
     """
@@ -68,8 +67,7 @@ def visualize_ranked_results(distmat, query, gallery, save_dir, topk=10, height=
     g_pids = np.asarray([s.pid for s in gallery])
     g_camids = np.asarray([s.camid for s in gallery])
     written = []
-    for index in range(len(query)) if indices is None else indices:
-        sample = query[index]
+    for index, sample in enumerate(query):
         order = np.argsort(distmat[index], kind="stable")
         is_junk = ((g_pids[order] == sample.pid) & (g_camids[order] == sample.camid)) | (
             g_pids[order] == -1)
