@@ -272,6 +272,9 @@ def main(argv=None):
             VisualizeError) as err:
         sys.exit(f"bench.visualize: error: {err}")
     print(f"wrote {len(written)} {args.kind} figures of {args.method} to {folder}")
+    if args.kind == "attention":
+        for tap in _method_attention(args.method).attention_taps(weights[0].extractor.network):
+            print(f"  {tap.name}: {tap.description}")
 
 
 if __name__ == "__main__":

@@ -39,7 +39,8 @@ class AttentionTap:
         value_range: the maps' fixed range (e.g. ``(0, 1)`` for sigmoid gates), drawn as the
             colour bar's; ``None`` scales the colour bar to the values of each figure.
         unit: what the values are, the colour bar's label.
-        description: what the maps are, with the source (shown in ``--help`` and READMEs).
+        description: what the maps are, with the source (``bench.visualize`` prints it for
+            each tap it draws).
     """
 
     name: str
