@@ -56,7 +56,7 @@ from common.eval.visualize import (NEUTRAL_COLOR, save_attention_figure, save_ra
 from common.files import FileWriteError
 
 __all__ = ["KINDS", "VisualizeError", "Weights", "choose_images", "draw_attention", "draw_maps",
-           "draw_ranks", "load_weights", "read_inputs"]
+           "draw_ranks", "load_networks", "read_inputs"]
 
 KINDS = ("attention", "gradcam", "actmap", "ranks")
 UNTRAINED = "untrained weights"
@@ -80,7 +80,7 @@ class Weights:
         return torch.stack([transform(read_image(s.path)) for s in samples])
 
 
-def load_weights(method, checkpoints, size=None, options=None):
+def load_networks(method, checkpoints, size=None, options=None):
     """One :class:`Weights` per checkpoint (fresh weights for none), eval mode, on the CPU."""
     weights = []
     for checkpoint in checkpoints or [None]:
@@ -257,7 +257,7 @@ def main(argv=None):
     try:
         query, gallery, labelled = read_inputs(args.data, args.dataset)
         indices = choose_images(query, args.images, args.pick, args.seed)
-        weights = load_weights(args.method, args.checkpoint, args.size,
+        weights = load_networks(args.method, args.checkpoint, args.size,
                                parse_model_options(args.model_option))
         chosen = [query[i] for i in indices]
         folder.mkdir(parents=True, exist_ok=True)
