@@ -44,7 +44,8 @@ from common.data.transforms import build_test_transform
 from common.eval import NonFiniteFeaturesError, extract_features
 from common.files import atomic_write
 
-__all__ = ["ExtractError", "Extractor", "extract_folder", "load_exported", "load_eager"]
+__all__ = ["ExtractError", "Extractor", "extract_folder", "extract_samples", "load_exported",
+           "load_eager"]
 
 
 class ExtractError(ValueError):
@@ -110,15 +111,22 @@ def image_paths(source):
 def extract_folder(extractor, source, batch_size=32, device="cpu", workers=0, progress=True):
     """``(features, paths)``: one float32 row per image under ``source``."""
     paths = image_paths(source)
+    features = extract_samples(extractor, [Sample(str(p), -1, -1) for p in paths], batch_size,
+                               device, workers, progress)
+    return features, [str(p) for p in paths]
+
+
+def extract_samples(extractor, samples, batch_size=32, device="cpu", workers=0, progress=True):
+    """(N, D) float32 features of the :class:`~common.data.Sample` list ``samples``, in its
+    order, made as the method's evaluation makes them (size, interpolation, flip, L2)."""
     retrieval = extractor.retrieval
-    dataset = ImageDataset([Sample(str(p), -1, -1) for p in paths],
-                           build_test_transform(extractor.height, extractor.width,
-                                                retrieval.interpolation))
+    dataset = ImageDataset(list(samples), build_test_transform(extractor.height, extractor.width,
+                                                               retrieval.interpolation))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
     features, _, _ = extract_features(extractor.network, loader, device=device,
                                       flip=retrieval.flip, normalize=retrieval.normalize,
                                       progress=progress, desc="images")
-    return features.numpy().astype(np.float32), [str(p) for p in paths]
+    return features.numpy().astype(np.float32)
 
 
 def main(argv=None):

@@ -10,8 +10,8 @@ Both files are ``bench.extract`` outputs of the same network (``features``, ``pa
 (``common.eval.search_gallery``; ties by gallery order), or, with ``--re-rank``, with k-reciprocal
 re-ranking of query and gallery together (k1=20, k2=6, lambda=0.3 unless given; all queries are
 re-ranked at once, as in an evaluation). The lists are printed; ``--out`` also writes one
-ranked-list PNG per query (the query, then its top-k in grey frames: a folder of crops has no
-identities to mark matches with) and ``top_k.json`` with the same lists.
+ranked-list PNG per query (the query, then its top-k in grey frames, a folder of crops having no
+identities to mark matches with, and their distances) and ``top_k.json`` with the same lists.
 """
 
 from __future__ import annotations
@@ -85,13 +85,15 @@ def search(query_file, gallery_file, top_k=10, re_rank=None):
 
 
 def write_ranked_lists(results, out_dir):
-    """One ranked-list PNG per query (neutral frames) in ``out_dir``; returns the paths."""
+    """One ranked-list PNG per query (neutral frames, each distance written under its image)
+    in ``out_dir``; returns the paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for i, entry in enumerate(results):
         path = out_dir / f"{i:05d}_{Path(entry['query']).stem}.png"
         try:
-            save_ranked_list(entry["query"], [hit["path"] for hit in entry["top_k"]], path)
+            save_ranked_list(entry["query"], [hit["path"] for hit in entry["top_k"]], path,
+                             captions=[f"{hit['distance']:.4g}" for hit in entry["top_k"]])
         except DatasetError as err:
             raise SearchError(f"{err} (--out draws the crops listed in the .npz files: run from "
                               f"where their paths lead, or leave --out out)") from None

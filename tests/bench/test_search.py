@@ -8,7 +8,7 @@ from PIL import Image
 
 from bench.search import main
 from common.eval import re_ranking_features
-from common.eval.visualize import NEUTRAL_COLOR, QUERY_COLOR
+from common.eval.visualize import CAPTION_HEIGHT, NEUTRAL_COLOR, QUERY_COLOR
 
 SIZE = (16, 32)   # width, height of the generated crops
 
@@ -52,13 +52,14 @@ def test_prints_the_top_k_and_writes_ranked_lists(files, capsys):
     strip = np.asarray(Image.open(folder / "out" / "00001_q1.png"))
     border, gap = 4, 12
     tile_w = 128 + 2 * border
-    assert strip.shape == (256 + 2 * border, tile_w * 4 + gap, 3)
+    assert strip.shape == (256 + 2 * border + CAPTION_HEIGHT, tile_w * 4 + gap, 3)
     assert tuple(strip[0, 0]) == QUERY_COLOR
     assert tuple(strip[128, 64]) == (150, 0, 105)                  # the query crop itself
     for slot, g in enumerate([0, 3, 1], start=1):
         left = tile_w * slot + gap
         assert tuple(strip[0, left + 1]) == NEUTRAL_COLOR          # no identities: grey frame
         assert tuple(strip[128, left + 64]) == (40 * g, 0, 255 - 40 * g)
+        assert (strip[-CAPTION_HEIGHT:, left:left + tile_w].max(axis=2) < 100).sum() > 5
 
 
 def test_re_ranked_lists(files, capsys):
