@@ -8,7 +8,7 @@ endif
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.attention-reid-installed
 
-.PHONY: install test demo bench clean
+.PHONY: install test test-slow test-all demo bench clean
 
 # The demo: LAG-Net with the README's flags, at 64x32 on a synthetic Market-style set, from random
 # weights; the untrained network is evaluated first, then trained, so both numbers are printed and
@@ -26,10 +26,21 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[test]"
 	@touch $@
 
-test: $(STAMP)
-	@$(PY) -m pytest -q; status=$$?; \
+# The tests: `make test` runs every test not marked slow (a few minutes on 2 cores); `make
+# test-slow` the slow ones (end-to-end CLI training runs, torchrun, the demo's claim; about ten
+# minutes); `make test-all` both in one run. CI (.ci/run) runs `make test`, then `make test-slow`.
+PYTEST = status=0; $(PY) -m pytest -q $(1) || status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no test: the suite is missing or failed to import" >&2; fi; \
 	exit $$status
+
+test: $(STAMP)
+	@$(call PYTEST,-m "not slow")
+
+test-slow: $(STAMP)
+	@$(call PYTEST,-m slow)
+
+test-all: $(STAMP)
+	@$(call PYTEST,)
 
 demo: $(STAMP)
 	$(PY) -m common.data.synthetic $(DEMO_DATA)
