@@ -1,8 +1,13 @@
 """The video run of iaunet/main.py on real MARS frames (mars_mini) at a tiny size, and the
-tracklet evaluation against a direct computation (iaunet.md §3.5; iaunet/video.py)."""
+tracklet evaluation against a direct computation, exact resume and a 2-process torchrun
+(iaunet.md §3.5; iaunet/video.py)."""
 
 import json
+import os
+import subprocess
+import sys
 from argparse import Namespace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +21,7 @@ from common.eval import evaluate_rank
 from iaunet.main import main
 from iaunet.video import build_video_loaders, evaluate_tracklets
 
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 TINY = ["-d", "mars", "--height", "32", "--width", "16", "--seq-len", "2", "--train-batch", "16",
         "--test-batch", "64", "--test-sample", "evenly", "--no-pretrained", "--use-cpu", "-j", "0"]
 
@@ -88,3 +94,37 @@ def test_train_then_evaluate_on_mars_mini(mars_mini, tmp_path, capsys):
     tested = json.loads((tmp_path / "test/results_evaluate.json").read_text())["targets"]["mars"]
     assert tested["rank1"] == pytest.approx(trained["rank1"])
     assert tested["mAP"] == pytest.approx(trained["mAP"])
+
+
+@pytest.mark.slow
+def test_a_resumed_video_run_equals_a_straight_one(mars_mini, tmp_path):
+    def train(folder, epochs, *extra):
+        main(["--root", str(mars_mini), *TINY, "--max-epoch", str(epochs), "--eval-step", "5",
+              "--no-epoch-checkpoints", "--save-dir", str(folder), *extra])
+
+    train(tmp_path / "straight", 2)
+    train(tmp_path / "split", 1)
+    train(tmp_path / "split", 2, "--resume", str(tmp_path / "split/training_state.pth.tar"))
+    straight, split = (torch.load(tmp_path / name / "training_state.pth.tar", weights_only=True)
+                       for name in ("straight", "split"))
+    assert straight["epoch"] == split["epoch"] == 2
+    assert all(torch.equal(straight["model"][key], split["model"][key])
+               for key in straight["model"])
+    assert (json.loads((tmp_path / "straight/history.json").read_text())
+            == json.loads((tmp_path / "split/history.json").read_text()))
+
+
+@pytest.mark.slow
+def test_two_process_torchrun_video_run_on_cpu(mars_mini, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               "--master_port", "29577", str(PROJECT_ROOT / "iaunet" / "main.py"),
+               "--root", str(mars_mini), *TINY, "--train-batch", "8", "--max-epoch", "1",
+               "--save-dir", "ddp"]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    history = json.loads((tmp_path / "ddp/history.json").read_text())
+    assert [row["epoch"] for row in history["evaluations"]] == [1]
+    results = json.loads((tmp_path / "ddp/results_best.json").read_text())["targets"]["mars"]
+    assert results["num_queries"] == results["num_valid_queries"] == 36
