@@ -38,12 +38,13 @@ from common.checkpoint import CheckpointError, load_checkpoint
 from common.data import ImageDataset, RandomIdentitySampler, Sample, build_dataset
 from common.data.datasets import NUM_RANDOM_SPLITS
 from common.data.transforms import CIFAR_MEAN, build_test_transform, build_train_transform
-from common.engine import Engine, EvalTarget, open_run
+from common.engine import Engine, EvalTarget, open_run, refuse_to_overwrite
 from common.eval import Retrieval, visualize_ranked_results
 from common.eval.report import read_run_results, write_run_results
 from common.files import atomic_write
 from common.runrecord import adopt_recorded_flags, write_run_record
-from common.runtime import OptionError, distributed_session, exit_on_user_error, step_scheduler
+from common.runtime import (OptionError, distributed_session, exit_on_user_error,
+                            optimizer_by_name, step_scheduler)
 from abdnet.args import data_augment_steps, model_options
 from abdnet.loss import ABDLoss
 from abdnet.released import load_released_checkpoint, read_released_checkpoint
@@ -120,17 +121,14 @@ def combine_train_sets(datasets):
 
 
 def build_optimizer(args, model):
-    params = model.parameters()
-    if args.optim in ("adam", "amsgrad"):
-        return torch.optim.Adam(params, lr=args.lr, weight_decay=args.weight_decay,
-                                betas=(args.adam_beta1, args.adam_beta2),
-                                amsgrad=args.optim == "amsgrad")
-    if args.optim == "sgd":
-        return torch.optim.SGD(params, lr=args.lr, momentum=args.momentum,
-                               weight_decay=args.weight_decay, dampening=args.sgd_dampening,
-                               nesterov=args.sgd_nesterov)
-    return torch.optim.RMSprop(params, lr=args.lr, momentum=args.momentum,
-                               weight_decay=args.weight_decay, alpha=args.rmsprop_alpha)
+    """The released ``init_optim``: adam / amsgrad / sgd / rmsprop with the CLI's options."""
+    adam = {"betas": (args.adam_beta1, args.adam_beta2)}
+    options = {"adam": adam, "amsgrad": adam,
+               "sgd": {"momentum": args.momentum, "dampening": args.sgd_dampening,
+                       "nesterov": args.sgd_nesterov},
+               "rmsprop": {"momentum": args.momentum, "alpha": args.rmsprop_alpha}}
+    return optimizer_by_name(args.optim, model.parameters(), lr=args.lr,
+                             weight_decay=args.weight_decay, **options[args.optim])
 
 
 def build_train_loader(args, samples, distributed, pin_memory):
@@ -369,9 +367,9 @@ def _run(args, method, context):
     if resume is not None and not resume.is_file():
         raise CheckpointError(f"--resume {resume} does not exist; pass the {TRAINING_STATE} or a "
                               f"checkpoint_ep<N>.pth.tar of a run")
-    if not args.evaluate and resume is None and state_path.exists():
-        raise OptionError(f"{save_dir} already holds a run ({TRAINING_STATE}); continue it with "
-                          f"--resume {state_path}, or pick another --save-dir")
+    if not args.evaluate and resume is None:
+        refuse_to_overwrite(state_path, f"continue it with --resume {state_path}, or pick "
+                                        f"another --save-dir")
     if args.evaluate:
         adopt_recorded_flags(args, args.load_weights or resume, getattr(args, "explicit", ()),
                              ("height", "width"), lambda name: f"--{name}", OptionError)

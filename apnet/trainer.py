@@ -33,11 +33,11 @@ from apnet.model import RETRIEVAL, build_model, load_weights
 from common.checkpoint import CheckpointError, read_state_dict
 from common.data import DATASETS, ImageDataset, RandomIdentitySampler, build_dataset
 from common.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_test_transform, build_train_transform
-from common.engine import Engine, EvalTarget, open_run
+from common.engine import Engine, EvalTarget, open_run, refuse_to_overwrite
 from common.files import atomic_write
 from common.losses import CrossEntropyLabelSmooth, TripletLoss
 from common.runrecord import write_run_record
-from common.runtime import OptionError, distributed_session
+from common.runtime import OptionError, distributed_session, optimizer_by_name
 
 __all__ = ["APNetEngine", "DATASET_NAMES", "OptionError", "build_optimizer", "run",
            "warmup_multistep_factor"]
@@ -76,12 +76,9 @@ def build_optimizer(cfg, model):
         groups.append({"params": [parameter],
                        "lr": solver.BASE_LR * (solver.BIAS_LR_FACTOR if bias else 1),
                        "weight_decay": solver.WEIGHT_DECAY_BIAS if bias else solver.WEIGHT_DECAY})
-    if solver.OPTIMIZER_NAME == "SGD":
-        return torch.optim.SGD(groups, momentum=solver.MOMENTUM)
-    if solver.OPTIMIZER_NAME not in ("Adam", "AdamW", "RMSprop", "Adagrad"):
-        raise OptionError(f"SOLVER.OPTIMIZER_NAME {solver.OPTIMIZER_NAME!r}: use Adam (as "
-                          f"released), AdamW, SGD, RMSprop or Adagrad")
-    return getattr(torch.optim, solver.OPTIMIZER_NAME)(groups)
+    momentum = {"momentum": solver.MOMENTUM} if solver.OPTIMIZER_NAME == "SGD" else {}
+    return optimizer_by_name(solver.OPTIMIZER_NAME, groups, flag="SOLVER.OPTIMIZER_NAME",
+                             **momentum)
 
 
 class APNetLoss(nn.Module):
@@ -250,8 +247,7 @@ def _run(cfg, test_only, resume, context):
         log.warning(f"MODEL.DEVICE {cfg.MODEL.DEVICE} but no GPU is visible: running on the CPU")
     existing = sorted_checkpoints(output_dir, cfg.MODEL.NAME)
     if not test_only and existing and not resume:
-        raise OptionError(f"{output_dir} already holds a run ({existing[-1].name}); continue it "
-                          f"with --resume, or set another OUTPUT_DIR")
+        refuse_to_overwrite(existing[-1], "continue it with --resume, or set another OUTPUT_DIR")
     if resume and not existing:
         raise CheckpointError(f"--resume: no {cfg.MODEL.NAME}_checkpoint_<iteration>.pt in "
                               f"{output_dir}")

@@ -37,11 +37,12 @@ from common.eval import NonFiniteFeaturesError, evaluate_features, extract_featu
 from common.eval.report import format_run_table, read_run_results, run_results, write_run_results
 from common.history import LossMeter, TrainingHistory
 from common.runfolder import RunFolder
-from common.runtime import (Distributed, RunInterrupted, TrainingDiverged, autocast,
+from common.runtime import (Distributed, OptionError, RunInterrupted, TrainingDiverged, autocast,
                             grad_scaler, optimizer_step, seed_everything, select_device,
                             setup_logging, step_scheduler)
 
-__all__ = ["EXPLODED_LOSS", "Engine", "EvalTarget", "RunContext", "open_run"]
+__all__ = ["EXPLODED_LOSS", "Engine", "EvalTarget", "RunContext", "open_run",
+           "refuse_to_overwrite"]
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,18 @@ def open_run(folder, *, log_name, seed, cpu, distributed, resume_hint="", clear=
         seed_everything(seed + distributed.rank)
         device = select_device(cpu, distributed.local_rank)
         yield RunContext(folder, device, distributed, resume_hint)
+
+
+def refuse_to_overwrite(saved, how_to_continue):
+    """Refuses a new training run where ``saved`` (a run's resumable state) exists, so that no
+    run is overwritten by accident.
+
+    Raises:
+        OptionError: naming the folder, the file and ``how_to_continue`` (the method's flags).
+    """
+    saved = Path(saved)
+    if saved.exists():
+        raise OptionError(f"{saved.parent} already holds a run ({saved.name}); {how_to_continue}")
 
 
 class Engine:

@@ -27,9 +27,10 @@ from common.files import FileWriteError
 from common.layers.resnet import PretrainedWeightsError
 from common.runfolder import FolderInUseError
 
-__all__ = ["Distributed", "OptionError", "RunInterrupted", "TrainingDiverged", "USER_ERRORS", "add_runtime_flags", "autocast", "close_distributed",
-           "distributed_session", "exit_on_user_error", "grad_scaler", "init_distributed",
-           "is_main_process", "optimizer_step", "select_device", "seed_everything",
+__all__ = ["Distributed", "OptionError", "RunInterrupted", "TrainingDiverged", "USER_ERRORS",
+           "add_runtime_flags", "autocast", "close_distributed", "distributed_session",
+           "exit_on_user_error", "grad_scaler", "init_distributed", "is_main_process",
+           "optimizer_by_name", "optimizer_step", "seed_everything", "select_device",
            "setup_logging", "step_scheduler"]
 
 
@@ -73,6 +74,34 @@ def step_scheduler(scheduler, steps=1):
         warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
         for _ in range(steps):
             scheduler.step()
+
+
+# The optimizer names of the four CLIs (case-insensitive) -> torch.optim classes; "amsgrad" is
+# torchreid's name for Adam with amsgrad=True.
+OPTIMIZERS = {"sgd": "SGD", "adam": "Adam", "amsgrad": "Adam", "adamw": "AdamW", "nadam": "NAdam",
+              "rmsprop": "RMSprop", "adagrad": "Adagrad"}
+
+
+def optimizer_by_name(name, params, flag="--optim", **options):
+    """``torch.optim.<name>(params, **options)``: the one place a run's optimizer is made.
+
+    Args:
+        name: as the method's CLI spells it, case-insensitive (``adam``, ``ADAM``, ``Adam``,
+            ``amsgrad``, ``sgd``, ``NADAM``, ``RMSprop``, ...); ``amsgrad`` sets
+            ``amsgrad=True`` on Adam.
+        params: parameters or parameter groups.
+        flag: the option that named it, for the error message.
+        options: the constructor's keyword arguments (lr, weight_decay, momentum, betas, ...).
+
+    Raises:
+        OptionError: ``name`` is not one of :data:`OPTIMIZERS`.
+    """
+    key = str(name).lower()
+    if key not in OPTIMIZERS:
+        raise OptionError(f"{flag} {name!r}: choose one of {', '.join(sorted(OPTIMIZERS))}")
+    if key == "amsgrad":
+        options = {**options, "amsgrad": True}
+    return getattr(torch.optim, OPTIMIZERS[key])(params, **options)
 
 
 def add_runtime_flags(group, separator="-"):

@@ -27,11 +27,11 @@ from torch.utils.data import DataLoader
 from common.checkpoint import CheckpointError, load_checkpoint, read_state_dict
 from common.data import ImageDataset, build_dataset
 from common.data.transforms import CIFAR_MEAN, build_test_transform, build_train_transform
-from common.engine import Engine, EvalTarget, open_run
+from common.engine import Engine, EvalTarget, open_run, refuse_to_overwrite
 from common.eval import Retrieval
 from common.files import atomic_write
 from common.runrecord import adopt_recorded_flags, write_run_record
-from common.runtime import OptionError, distributed_session, step_scheduler
+from common.runtime import OptionError, distributed_session, optimizer_by_name, step_scheduler
 from iaunet.loss import DISTANCES, IAUnetLoss
 from iaunet.masks import MaskedImageDataset, find_mask_folder
 from iaunet.model import build_model, load_weights
@@ -50,13 +50,10 @@ DATASET_NAMES = {"market1501_seg": "market1501", "market1501": "market1501",
 
 
 def build_optimizer(args, model):
-    params = model.parameters()
-    if args.optim in ("adam", "amsgrad"):
-        return torch.optim.Adam(params, lr=args.lr, weight_decay=args.weight_decay,
-                                amsgrad=args.optim == "amsgrad")
-    if args.optim == "sgd":
-        return torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
-    return torch.optim.RMSprop(params, lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
+    """The released choice: Adam / AMSGrad, or SGD / RMSprop with momentum 0.9."""
+    momentum = {} if args.optim in ("adam", "amsgrad") else {"momentum": 0.9}
+    return optimizer_by_name(args.optim, model.parameters(), lr=args.lr,
+                             weight_decay=args.weight_decay, **momentum)
 
 
 def build_loaders(args, dataset, distributed, pin_memory):
@@ -174,9 +171,9 @@ def _run(args, context):
     resume = Path(args.resume) if args.resume else None
     if resume is not None and not resume.is_file():
         raise CheckpointError(f"--resume {resume} does not exist")
-    if not args.evaluate and resume is None and state_path.exists():
-        raise OptionError(f"{save_dir} already holds a run ({TRAINING_STATE}); continue it with "
-                          f"--resume {state_path}, or pick another --save-dir")
+    if not args.evaluate and resume is None:
+        refuse_to_overwrite(state_path, f"continue it with --resume {state_path}, or pick "
+                                        f"another --save-dir")
     if args.evaluate:
         adopt_recorded_flags(args, resume, getattr(args, "explicit", ()), ("height", "width"),
                              lambda name: f"--{name}", OptionError)

@@ -20,10 +20,10 @@ from torch.utils.data import DataLoader
 from common.checkpoint import CheckpointError, load_checkpoint
 from common.data import ImageDataset, build_dataset
 from common.data.transforms import build_test_transform, build_train_transform
-from common.engine import Engine, EvalTarget, open_run
+from common.engine import Engine, EvalTarget, open_run, refuse_to_overwrite
 from common.files import atomic_write
 from common.runrecord import adopt_recorded_flags, write_run_record
-from common.runtime import OptionError, distributed_session
+from common.runtime import OptionError, distributed_session, optimizer_by_name
 from lagnet.loss import LAGLoss, parse_loss_string
 from lagnet.model import (RETRIEVAL, build_model, load_weights, read_weights,
                           rename_legacy_stream_keys)
@@ -81,20 +81,16 @@ def build_scheduler(args, optimizer):
 
 
 def build_optimizer(args, model):
+    """The released ``make_optimizer``: SGD, ADAM, NADAM or RMSprop over the trainable tensors."""
+    betas = (args.beta1, args.beta2)
+    options = {"SGD": {"momentum": args.momentum, "dampening": args.dampening,
+                       "nesterov": args.nesterov},
+               "ADAM": {"betas": betas, "eps": args.epsilon, "amsgrad": args.amsgrad},
+               "NADAM": {"betas": betas, "eps": args.epsilon},
+               "RMSprop": {"eps": args.epsilon, "momentum": args.momentum}}
     params = [p for p in model.parameters() if p.requires_grad]
-    if args.optimizer == "SGD":
-        return torch.optim.SGD(params, lr=args.lr, momentum=args.momentum,
-                               dampening=args.dampening, nesterov=args.nesterov,
-                               weight_decay=args.weight_decay)
-    if args.optimizer == "ADAM":
-        return torch.optim.Adam(params, lr=args.lr, betas=(args.beta1, args.beta2),
-                                eps=args.epsilon, amsgrad=args.amsgrad,
-                                weight_decay=args.weight_decay)
-    if args.optimizer == "NADAM":
-        return torch.optim.NAdam(params, lr=args.lr, betas=(args.beta1, args.beta2),
-                                 eps=args.epsilon, weight_decay=args.weight_decay)
-    return torch.optim.RMSprop(params, lr=args.lr, eps=args.epsilon, momentum=args.momentum,
-                               weight_decay=args.weight_decay)
+    return optimizer_by_name(args.optimizer, params, flag="--optimizer", lr=args.lr,
+                             weight_decay=args.weight_decay, **options[args.optimizer])
 
 
 def experiment_dir(args):
@@ -271,9 +267,9 @@ def run(args):
 def _run(args, context):
     folder, distributed = context.folder, context.distributed
     state_path = folder / "training_state.pt"
-    if not args.test_only and args.resume != -1 and state_path.exists():
-        raise OptionError(f"{folder} already holds a run ({state_path.name}); continue it with "
-                          f"--resume -1, start it over with --reset, or pick another --save name")
+    if not args.test_only and args.resume != -1:
+        refuse_to_overwrite(state_path, "continue it with --resume -1, start it over with --reset, "
+                                        "or pick another --save name")
     full_resume = args.resume == -1 and state_path.exists() and not args.test_only
     weights = None if full_resume else weights_to_load(args, folder)
     if weights is not None and not weights.is_file():

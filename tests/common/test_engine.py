@@ -14,10 +14,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from common.engine import Engine, EvalTarget, open_run
+from common.engine import Engine, EvalTarget, open_run, refuse_to_overwrite
 from common.eval import NonFiniteFeaturesError, Retrieval
 from common.runfolder import FolderInUseError
-from common.runtime import Distributed, RunInterrupted, TrainingDiverged
+from common.runtime import Distributed, OptionError, RunInterrupted, TrainingDiverged
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 RETRIEVAL = Retrieval("bilinear", flip=False, normalize=True, distance="euclidean")
@@ -253,3 +253,12 @@ def test_the_table_warns_when_no_query_has_a_valid_match(tmp_path, capsys):
     payload = json.loads((tmp_path / "run" / "results_evaluate.json").read_text())
     assert payload["targets"]["toy"]["num_valid_queries"] == 0
     assert np.isclose(payload["targets"]["toy"]["mAP"], 0.0)
+
+
+def test_a_saved_run_is_never_overwritten_by_a_new_one(tmp_path):
+    refuse_to_overwrite(tmp_path / "training_state.pt", "continue it with --resume")  # none yet
+    (tmp_path / "training_state.pt").write_bytes(b"state")
+    with pytest.raises(OptionError) as err:
+        refuse_to_overwrite(tmp_path / "training_state.pt", "continue it with --resume")
+    assert str(err.value) == (f"{tmp_path} already holds a run (training_state.pt); continue it "
+                              f"with --resume")

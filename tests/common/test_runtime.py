@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from common.history import LossMeter
-from common.runtime import (autocast, grad_scaler, init_distributed, optimizer_step,
-                            seed_everything, select_device, setup_logging)
+from common.runtime import (OptionError, autocast, grad_scaler, init_distributed,
+                            optimizer_by_name, optimizer_step, seed_everything, select_device,
+                            setup_logging)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -64,3 +65,24 @@ def test_loss_meter_means_and_optimizer_step():
     optimizer = torch.optim.SGD([weight], lr=0.5)
     optimizer_step((2 * weight).sum(), optimizer, grad_scaler("cpu", enabled=False))
     assert weight.item() == pytest.approx(0.0)  # 1 - 0.5 * 2
+
+
+@pytest.mark.parametrize("name, cls, amsgrad", [("adam", torch.optim.Adam, False),
+                                                ("ADAM", torch.optim.Adam, False),
+                                                ("amsgrad", torch.optim.Adam, True),
+                                                ("SGD", torch.optim.SGD, None),
+                                                ("NADAM", torch.optim.NAdam, None),
+                                                ("RMSprop", torch.optim.RMSprop, None)])
+def test_optimizer_by_name_spells_the_four_clis_names(name, cls, amsgrad):
+    parameter = torch.nn.Parameter(torch.zeros(3))
+    optimizer = optimizer_by_name(name, [parameter], lr=0.5, weight_decay=1e-4)
+    assert type(optimizer) is cls
+    group = optimizer.param_groups[0]
+    assert (group["lr"], group["weight_decay"]) == (0.5, 1e-4)
+    if amsgrad is not None:
+        assert group["amsgrad"] is amsgrad
+
+
+def test_an_unknown_optimizer_names_the_flag_and_the_choices():
+    with pytest.raises(OptionError, match=r"--optimizer 'LAMB': choose one of adagrad, adam, "):
+        optimizer_by_name("LAMB", [torch.nn.Parameter(torch.zeros(1))], flag="--optimizer")
