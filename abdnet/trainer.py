@@ -34,11 +34,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from common.checkpoint import CheckpointError, load_checkpoint
+from common.checkpoint import load_checkpoint
 from common.data import ImageDataset, RandomIdentitySampler, Sample, build_dataset
 from common.data.datasets import NUM_RANDOM_SPLITS
 from common.data.transforms import CIFAR_MEAN, build_test_transform, build_train_transform
-from common.engine import Engine, EvalTarget, open_run, refuse_to_overwrite
+from common.engine import Engine, EvalTarget, open_run, resume_file
 from common.eval import Retrieval, visualize_ranked_results
 from common.eval.report import read_run_results, write_run_results
 from common.files import atomic_write
@@ -363,13 +363,8 @@ def _run(args, method, context):
     pin_memory = device.type == "cuda"
 
     state_path = save_dir / TRAINING_STATE
-    resume = Path(args.resume) if args.resume else None
-    if resume is not None and not resume.is_file():
-        raise CheckpointError(f"--resume {resume} does not exist; pass the {TRAINING_STATE} or a "
-                              f"checkpoint_ep<N>.pth.tar of a run")
-    if not args.evaluate and resume is None:
-        refuse_to_overwrite(state_path, f"continue it with --resume {state_path}, or pick "
-                                        f"another --save-dir")
+    resume = resume_file(args.resume, state_path, args.evaluate,
+                         f"; pass the {TRAINING_STATE} or a checkpoint_ep<N>.pth.tar of a run")
     if args.evaluate:
         adopt_recorded_flags(args, args.load_weights or resume, getattr(args, "explicit", ()),
                              ("height", "width"), lambda name: f"--{name}", OptionError)

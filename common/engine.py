@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from common.checkpoint import resume_from, save_checkpoint, unwrap_model
+from common.checkpoint import CheckpointError, resume_from, save_checkpoint, unwrap_model
 from common.eval import NonFiniteFeaturesError, evaluate_features, extract_features
 from common.eval.report import format_run_table, read_run_results, run_results, write_run_results
 from common.history import LossMeter, TrainingHistory
@@ -42,7 +42,7 @@ from common.runtime import (Distributed, OptionError, RunInterrupted, TrainingDi
                             setup_logging, step_scheduler)
 
 __all__ = ["EXPLODED_LOSS", "Engine", "EvalTarget", "RunContext", "open_run",
-           "refuse_to_overwrite"]
+           "refuse_to_overwrite", "resume_file"]
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,24 @@ def refuse_to_overwrite(saved, how_to_continue):
     saved = Path(saved)
     if saved.exists():
         raise OptionError(f"{saved.parent} already holds a run ({saved.name}); {how_to_continue}")
+
+
+def resume_file(resume, state_path, evaluating, expected=""):
+    """The ``--resume`` file of a torchreid-style command line (``--resume``, ``--evaluate``,
+    ``--save-dir``) as a Path, or None when not given.
+
+    Raises:
+        CheckpointError: ``resume`` is not a file (``expected`` says what to pass instead).
+        OptionError: a new training run (no ``resume``, not ``evaluating``) where
+            ``state_path`` holds one.
+    """
+    resume = Path(resume) if resume else None
+    if resume is not None and not resume.is_file():
+        raise CheckpointError(f"--resume {resume} does not exist{expected}")
+    if resume is None and not evaluating:
+        refuse_to_overwrite(state_path, f"continue it with --resume {state_path}, or pick "
+                                        f"another --save-dir")
+    return resume
 
 
 class Engine:

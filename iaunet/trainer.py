@@ -24,10 +24,10 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from common.checkpoint import CheckpointError, load_checkpoint, read_state_dict
+from common.checkpoint import load_checkpoint, read_state_dict
 from common.data import ImageDataset, build_dataset
 from common.data.transforms import CIFAR_MEAN, build_test_transform, build_train_transform
-from common.engine import Engine, EvalTarget, open_run, refuse_to_overwrite
+from common.engine import Engine, EvalTarget, open_run, resume_file
 from common.eval import Retrieval
 from common.files import atomic_write
 from common.runrecord import adopt_recorded_flags, write_run_record
@@ -168,12 +168,7 @@ def run(args):
 def _run(args, context):
     save_dir, distributed = context.folder, context.distributed
     state_path = save_dir / TRAINING_STATE
-    resume = Path(args.resume) if args.resume else None
-    if resume is not None and not resume.is_file():
-        raise CheckpointError(f"--resume {resume} does not exist")
-    if not args.evaluate and resume is None:
-        refuse_to_overwrite(state_path, f"continue it with --resume {state_path}, or pick "
-                                        f"another --save-dir")
+    resume = resume_file(args.resume, state_path, args.evaluate)
     if args.evaluate:
         adopt_recorded_flags(args, resume, getattr(args, "explicit", ()), ("height", "width"),
                              lambda name: f"--{name}", OptionError)

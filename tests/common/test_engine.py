@@ -14,7 +14,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from common.engine import Engine, EvalTarget, open_run, refuse_to_overwrite
+from common.checkpoint import CheckpointError
+from common.engine import Engine, EvalTarget, open_run, refuse_to_overwrite, resume_file
 from common.eval import NonFiniteFeaturesError, Retrieval
 from common.runfolder import FolderInUseError
 from common.runtime import Distributed, OptionError, RunInterrupted, TrainingDiverged
@@ -262,3 +263,16 @@ def test_a_saved_run_is_never_overwritten_by_a_new_one(tmp_path):
         refuse_to_overwrite(tmp_path / "training_state.pt", "continue it with --resume")
     assert str(err.value) == (f"{tmp_path} already holds a run (training_state.pt); continue it "
                               f"with --resume")
+
+
+def test_the_resume_file_of_a_torchreid_style_command_line(tmp_path):
+    state = tmp_path / "training_state.pth.tar"
+    assert resume_file("", state, evaluating=False) is None  # a new run in an empty folder
+    with pytest.raises(CheckpointError, match="--resume nothing.tar does not exist; pass it"):
+        resume_file("nothing.tar", state, evaluating=False, expected="; pass it")
+    state.write_bytes(b"state")
+    assert resume_file(str(state), state, evaluating=False) == state
+    assert resume_file("", state, evaluating=True) is None  # evaluating writes no state
+    with pytest.raises(OptionError, match=f"continue it with --resume {state}, or pick another "
+                                          f"--save-dir"):
+        resume_file("", state, evaluating=False)
