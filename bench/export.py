@@ -67,7 +67,8 @@ from common.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_test_trans
 from common.eval import evaluate_features, extract_features
 from common.files import atomic_write
 
-__all__ = ["DEPLOY_FILE", "FORMATS", "INT8_FILES", "ExportError", "export_method", "load_file"]
+__all__ = ["DEPLOY_FILE", "FORMATS", "INT8_FILES", "ExportError", "accuracy", "calibration_images",
+           "export_method", "load_file"]
 
 DEPLOY_FILE = "deploy.json"
 PARITY_IMAGES = (1, 7)  # a batch of 1 (the query) and a larger one (the gallery): dynamic batch
@@ -146,8 +147,10 @@ def _run(network, batches):
         return [network(images).float().cpu() for images in batches]
 
 
-def _calibration_images(folder, size, interpolation):
-    """Up to 64 images of ``folder`` (recursive, seeded draw), preprocessed, as (1, 3, H, W)."""
+def calibration_images(folder, size, interpolation):
+    """Up to 64 images of ``folder`` (recursive, a seeded draw), resized to ``size`` (H, W) with
+    ``interpolation`` and normalised, as a list of (1, 3, H, W) float32 tensors; an
+    :class:`ExportError` when it holds none."""
     paths = list_images(folder, recursive=True) if Path(folder).is_dir() else []
     if not paths:
         raise ExportError(f"--calibration {folder} holds no image; pass a folder of person "
@@ -240,7 +243,7 @@ def export_method(name, out_dir, checkpoint=None, size=None, device="cpu", optio
                           f"Check the weights (a diverged run?)")
     int8_inputs = None
     if calibration is not None:
-        int8_inputs = (_calibration_images(calibration, size, method.retrieval.interpolation),
+        int8_inputs = (calibration_images(calibration, size, method.retrieval.interpolation),
                        _evaluation_set(evaluation))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
