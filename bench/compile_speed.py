@@ -308,6 +308,8 @@ def interleaved_times(contenders, images, device, rounds):
     other processes then falls on every contender alike), after one warm-up call each."""
     names = list(contenders)
     times = {name: [] for name in names}
+    if not names:
+        return times
     with torch.no_grad():
         for name in names:
             contenders[name](images)
