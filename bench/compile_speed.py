@@ -85,7 +85,8 @@ def machine(device):
         info["tensorrt"] = importlib.import_module("tensorrt").__version__
     except ImportError:
         info["tensorrt"] = None
-    info.update(runtimes.versions(), cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads())
+    info.update(runtimes.versions(), cpu_count=os.cpu_count(),
+                torch_threads=torch.get_num_threads())
     with contextlib.suppress(OSError):
         info["cpu_flags"] = sorted({flag for line in Path("/proc/cpuinfo").read_text().splitlines()
                                     if line.startswith("flags") for flag in line.split()[2:]

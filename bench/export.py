@@ -233,6 +233,10 @@ def export_method(name, out_dir, checkpoint=None, size=None, device="cpu", optio
                           "accuracy gate, e.g. ../shared/data/market1501_mini")
     method = BENCH_METHODS[name]
     size, options = trained_settings(name, checkpoint, size, options)
+    int8_inputs = None
+    if calibration is not None:
+        int8_inputs = (calibration_images(calibration, size, method.retrieval.interpolation),
+                       _evaluation_set(evaluation))
     model = load_method_model(name, checkpoint, options).to(device)
     generator = torch.Generator().manual_seed(0)
     batches = [torch.randn(n, 3, *size, generator=generator).to(device) for n in PARITY_IMAGES]
@@ -241,10 +245,6 @@ def export_method(name, out_dir, checkpoint=None, size=None, device="cpu", optio
         raise ExportError(f"the {name} network produced non-finite (NaN or infinite) features "
                           f"with the weights {checkpoint or '(fresh)'}; nothing was written. "
                           f"Check the weights (a diverged run?)")
-    int8_inputs = None
-    if calibration is not None:
-        int8_inputs = (calibration_images(calibration, size, method.retrieval.interpolation),
-                       _evaluation_set(evaluation))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     record = {

@@ -47,8 +47,8 @@ from common.data.transforms import build_test_transform
 from common.eval import NonFiniteFeaturesError, extract_features
 from common.files import atomic_write
 
-__all__ = ["CPU_BATCH", "ExtractError", "Extractor", "extract_folder", "load_eager", "load_exported",
-           "suited_batch_size"]
+__all__ = ["CPU_BATCH", "ExtractError", "Extractor", "extract_folder", "load_eager",
+           "load_exported", "suited_batch_size"]
 
 
 class ExtractError(ValueError):

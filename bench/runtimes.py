@@ -57,8 +57,8 @@ def versions():
 
 
 def export_onnx(model, example, path):
-    """Writes the eval-mode ``model`` to ``path`` as ONNX, one file (opset :data:`ONNX_OPSET`, through
-    ``torch.export``): input ``images`` (B, 3, H, W), output ``features`` (B, D), B dynamic
+    """Writes the eval-mode ``model`` to ``path`` as one ONNX file (opset :data:`ONNX_OPSET`,
+    through ``torch.export``): input ``images`` (B, 3, H, W), output ``features`` (B, D), B dynamic
     (1 to 1024). ``example`` is a (B >= 2, 3, H, W) batch of the deployed size."""
     require("onnx")
     require("onnxscript")

@@ -112,6 +112,7 @@ def test_every_method_exports_to_onnx_and_openvino(method, tmp_path):
         assert entry["parity"]["max_abs_diff_relative"] < 1e-5
 
 
+@pytest.mark.slow
 def test_int8_is_kept_only_within_its_accuracy_gate(market_mini, tmp_path, capsys):
     # IAUnet (no flip, cosine distance), fresh weights, calibrated on the training crops and
     # evaluated on the query/gallery of market1501_mini (other identities)
