@@ -51,8 +51,11 @@ demo: $(STAMP)
 	rank-1 {100 * u['rank1']:.1f}% -> {100 * t['rank1']:.1f}%; plots and logs in experiment/demo/\")"
 
 # Evaluation/re-ranking speed, then every method compiled with each available backend (a quick
-# sweep on a CPU; `$(PY) -m bench.compile_speed --full` on a GPU machine).
+# sweep on a CPU; `$(PY) -m bench.compile_speed --full` on a GPU machine). The ONNX Runtime and
+# OpenVINO rows need the deploy extra, which `make install` leaves out.
 bench: $(STAMP)
+	@$(PY) -c "import onnxruntime, openvino, nncf, onnxscript" 2>/dev/null || echo "make bench: \
+	the ONNX Runtime and OpenVINO rows need the deploy extra: $(PY) -m pip install -e '.[deploy]'" >&2
 	$(PY) -m bench.eval_speed
 	$(PY) -m bench.compile_speed
 

@@ -218,7 +218,13 @@ class LAG(nn.Module):
             g_d = 2 * F.adaptive_max_pool2d(drop_map, 1)
         else:
             g_d = max_avg_pool(drop_map)
-        stripes = max_avg_pool(g_ps if self.part_split == "faithful" else part_map, (NUM_PARTS, 1))
+        if self.part_split == "faithful":
+            # the released code pools the 1x1 g_ps to (3, 1): max + mean of one value, i.e.
+            # 2 * g_ps in each stripe, bit for bit; written so because ONNX export has no
+            # adaptive pooling from a 1x1 map to 3x1
+            stripes = (2 * g_ps).expand(-1, -1, NUM_PARTS, 1)
+        else:
+            stripes = max_avg_pool(part_map, (NUM_PARTS, 1))
         parts = [stripes[:, :, k] for k in range(NUM_PARTS)]
 
         f_gs, l_gs = self.classifier_gs(g_gs.flatten(1))

@@ -91,13 +91,23 @@ def test_extracted_features_reproduce_the_methods_own_evaluation(lagnet_export, 
 
 
 def test_an_export_that_changes_the_features_writes_nothing(tmp_path, monkeypatch):
-    from bench import compile_speed
+    from bench import export
 
-    def noisy(model, example, device, tmp):
-        return lambda x: model(x) + 0.1 * torch.randn_like(model(x))
+    class OnePercentOff(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
 
-    monkeypatch.setitem(compile_speed.BACKENDS, "torchscript trace", (noisy, torch.float32))
-    with pytest.raises(ExportError, match="model_trace.pt .* does not reproduce"):
+        def forward(self, x):
+            return 1.01 * self.model(x)
+
+    def noisy_trace(model, example, folder):  # a trace of features 1% off eager's
+        torch.jit.save(torch.jit.trace(OnePercentOff(model), example), folder / "model_trace.pt")
+
+    main_file, written, _, about = export.FORMATS["torchscript"]
+    monkeypatch.setitem(export.FORMATS, "torchscript", (main_file, written, noisy_trace, about))
+    with pytest.raises(ExportError,
+                       match="model_trace.pt does not reproduce .* 1.00e-02 of their scale"):
         export_method("apnet", tmp_path / "out", size=SIZE)
     assert list((tmp_path / "out").iterdir()) == []
 
@@ -108,6 +118,12 @@ def test_bad_inputs_are_named(tmp_path, capsys):
                      str(tmp_path / "x")])
     with pytest.raises(SystemExit, match="not a folder written by bench.export"):
         extract_main([str(tmp_path), "--exported", str(tmp_path), "--out", "f.npz"])
+    with pytest.raises(SystemExit):
+        export_main(["iaunet", "--out", str(tmp_path / "x"), "--format", "onnx", "--int8"])
+    assert "--int8 needs --calibration DIR" in capsys.readouterr().err
+    with pytest.raises(ExportError, match="--int8 needs --evaluation DIR"):
+        export_method("iaunet", tmp_path / "x", size=SIZE, formats=("onnx",),
+                      calibration=tmp_path)
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit, match="holds no image"):
         extract_main([str(tmp_path / "empty"), "--method", "iaunet", "--out", "f.npz",

@@ -146,6 +146,19 @@ def test_faithful_part_split_is_degenerate_and_fixed_uses_stripes(tiny_models):
         torch.testing.assert_close(seen[part], stripe.max(2).values + stripe.mean(2))
 
 
+def test_faithful_parts_equal_the_released_adaptive_pooling_bit_for_bit(tiny_models, tiny_input):
+    # the released code pools the 1x1 g_ps to (3, 1) with adaptive max + avg pooling; the model
+    # writes it as 2 * g_ps expanded (ONNX has no such adaptive pooling): the same numbers
+    faithful = tiny_models[0]
+    names = ["classifier_ps", "classifier_p0_ps", "classifier_p1_ps", "classifier_p2_ps"]
+    seen = capture_inputs(faithful, names, tiny_input)
+    g_ps = seen["classifier_ps"][:, :, None, None]
+    released = (torch.nn.functional.adaptive_max_pool2d(g_ps, (3, 1))
+                + torch.nn.functional.adaptive_avg_pool2d(g_ps, (3, 1)))
+    for k, part in enumerate(names[1:]):
+        assert torch.equal(seen[part], released[:, :, k].flatten(1))
+
+
 def test_drop_branch_pooling(tiny_models, tiny_input):
     faithful, fixed = tiny_models
     la_map = faithful.la_stream(faithful.backbone(tiny_input)).detach()
