@@ -102,6 +102,10 @@ class TrainingHistory:
             for key, label in (("mAP", "mAP"), ("rank1", "rank-1")):
                 axis.plot(epochs, [100 * row[key] for row in self.evaluations], marker="o",
                           label=label)
+            first = self.evaluations[0]
+            if first.get("before_training"):
+                axis.annotate("before training", (first["epoch"], 100 * first["mAP"]),
+                              textcoords="offset points", xytext=(2, 8), fontsize=8)
             axis.set(xlabel="epoch", ylabel="%", title="Evaluation", ylim=(0, 100))
             axis.legend()
             axis.grid(alpha=0.3)
