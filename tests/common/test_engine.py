@@ -198,9 +198,10 @@ def run_until_sigterm(folder):
 
 
 def test_sigterm_ends_the_run_with_where_to_continue(tmp_path):
-    # A fresh process, as a training run is: one that earlier tests used for OpenVINO's bfloat16
-    # (AMX) inference can no longer take a signal (its larger signal frames overflow the
-    # alternate signal stack and the kernel kills it), which says nothing about the engine.
+    # A fresh process, as a training run is: a pytest process in which earlier tests ran ONNX
+    # Runtime and OpenVINO (FP32 and BF16) inference dies with SIGSEGV while the kernel delivers
+    # the signal (seen under gdb: the fault is in pthread_kill, before any handler runs), which
+    # says nothing about the engine; the cause inside those runtimes was not found.
     code = (f"import importlib.util, sys; sys.path.insert(0, {str(PROJECT_ROOT)!r}); "
             f"spec = importlib.util.spec_from_file_location('engine_tests', {__file__!r}); "
             f"tests = importlib.util.module_from_spec(spec); spec.loader.exec_module(tests); "
