@@ -181,8 +181,7 @@ def test_sigterm_ends_the_run_with_where_to_continue(tmp_path):
         def after_epoch(self):
             super().after_epoch()
             if self.epoch == 2:
-                # to this thread, as in test_files: a process-wide kill may reach Python late
-                signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+                os.kill(os.getpid(), signal.SIGTERM)
 
     with open_run(tmp_path / "run", log_name="log.txt", seed=0, cpu=True,
                   distributed=Distributed(), resume_hint="--resume x") as context:
