@@ -1,6 +1,10 @@
-"""Shared test fixtures: paths to the real data in ../shared/data (skipped when absent) and the
-listings of the original code's state_dicts (tests/<method>/original_state_dict*.txt)."""
+"""Shared test fixtures: paths to the real data in ../shared/data (skipped when absent), the
+listings of the original code's state_dicts (tests/<method>/original_state_dict*.txt) and a
+2-process torchrun of a method's main.py."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +20,22 @@ def shared_data(relative):
         pytest.skip(f"real data {path} is absent (it lives in ../shared/data beside the project "
                     f"checkout, which a fresh clone does not have)")
     return path
+
+
+@pytest.fixture
+def torchrun(tmp_path):
+    """``torchrun(method, *flags, port=..., timeout=300)`` runs ``<method>/main.py`` with
+    ``flags`` in two CPU processes (gloo, one thread each) with ``tmp_path`` as the working
+    folder, fails the test with the end of stderr if it fails, and returns the finished process."""
+    def run(method, *flags, port, timeout=300):
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                   "--master_port", str(port), str(PROJECT_ROOT / method / "main.py"),
+                   *map(str, flags)]
+        result = subprocess.run(command, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                                capture_output=True, text=True, timeout=timeout)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result
+    return run
 
 
 @pytest.fixture

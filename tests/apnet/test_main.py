@@ -109,15 +109,9 @@ def test_user_errors(market_mini, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_process_torchrun_on_cpu(market_mini, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-               "--master_port", "29561", str(PROJECT_ROOT / "apnet" / "main.py"),
-               *tiny(market_mini, tmp_path / "ddp", "SOLVER.MAX_EPOCHS", "2",
-                     "SOLVER.IMS_PER_BATCH", "8")]
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_two_process_torchrun_on_cpu(market_mini, tmp_path, torchrun):
+    torchrun("apnet", *tiny(market_mini, tmp_path / "ddp", "SOLVER.MAX_EPOCHS", "2",
+                            "SOLVER.IMS_PER_BATCH", "8"), port=29561)
     history = json.loads((tmp_path / "ddp/history.json").read_text())
     assert [row["epoch"] for row in history["epochs"]] == [1, 2]
     assert [row["epoch"] for row in history["evaluations"]] == [2]

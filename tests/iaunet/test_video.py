@@ -3,11 +3,7 @@ tracklet evaluation against a direct computation, exact resume and a 2-process t
 (iaunet.md §3.5; iaunet/video.py)."""
 
 import json
-import os
-import subprocess
-import sys
 from argparse import Namespace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +17,6 @@ from common.eval import evaluate_rank
 from iaunet.main import main
 from iaunet.video import build_video_loaders, evaluate_tracklets
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 TINY = ["-d", "mars", "--height", "32", "--width", "16", "--seq-len", "2", "--train-batch", "16",
         "--test-batch", "64", "--test-sample", "evenly", "--no-pretrained", "--use-cpu", "-j", "0"]
 
@@ -115,15 +110,9 @@ def test_a_resumed_video_run_equals_a_straight_one(mars_mini, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_process_torchrun_video_run_on_cpu(mars_mini, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-               "--master_port", "29577", str(PROJECT_ROOT / "iaunet" / "main.py"),
-               "--root", str(mars_mini), *TINY, "--train-batch", "8", "--max-epoch", "1",
-               "--save-dir", "ddp"]
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_two_process_torchrun_video_run_on_cpu(mars_mini, tmp_path, torchrun):
+    torchrun("iaunet", "--root", mars_mini, *TINY, "--train-batch", "8", "--max-epoch", "1",
+             "--save-dir", "ddp", port=29577, timeout=600)
     history = json.loads((tmp_path / "ddp/history.json").read_text())
     assert [row["epoch"] for row in history["evaluations"]] == [1]
     results = json.loads((tmp_path / "ddp/results_best.json").read_text())["targets"]["mars"]

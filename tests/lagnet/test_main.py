@@ -1,18 +1,13 @@
 """lagnet/main.py end to end on real Market-1501 files, at a tiny input size (lagnet.md §1, §7)."""
 
 import json
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from lagnet.main import main
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def tiny_argv(datadir, save, *extra):
@@ -113,14 +108,9 @@ def test_an_existing_run_is_never_overwritten_and_reset_stays_inside(market_mini
 
 
 @pytest.mark.slow
-def test_two_process_torchrun_on_cpu(market_mini, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-               "--master_port", "29533", str(PROJECT_ROOT / "lagnet" / "main.py"),
-               *tiny_argv(market_mini, "ddp", "--epochs", "3", "--test_every", "2")]
-    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_two_process_torchrun_on_cpu(market_mini, tmp_path, torchrun):
+    torchrun("lagnet", *tiny_argv(market_mini, "ddp", "--epochs", "3", "--test_every", "2"),
+             port=29533)
     log = (tmp_path / "experiment/ddp/log.txt").read_text()
     assert "x 2 processes" in log
     history = json.loads((tmp_path / "experiment/ddp/history.json").read_text())
