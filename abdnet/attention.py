@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from common.eval.attention import AttentionTap, activation_map, stripes_stacked
+from common.eval.attention import AttentionTap, activation_map
+from common.layers import two_branch
 
 __all__ = ["GRADCAM_LAYER", "attention_taps"]
 
@@ -23,29 +24,18 @@ __all__ = ["GRADCAM_LAYER", "attention_taps"]
 GRADCAM_LAYER = "common_branch"
 
 
-def _stacked_activation(outputs):
-    return activation_map(stripes_stacked(outputs))
-
-
 def attention_taps(network):
-    """The taps of a two-branch network (:class:`abdnet.model.ABDNet`, and IAB-Net's):
+    """The taps of an :class:`abdnet.model.ABDNet`:
 
     - ``shallow_cam``: activation map of the CAM after layer1, (N, 1, H/4, W/4), unit L2 norm
       (only with ``shallow_cam``);
     - ``cam`` / ``pam``: activation maps of the attentive branch's CAM / PAM head, stripes
-      stacked, (N, 1, H/16, W/16) at last stride 1 (H/32, W/32 at stride 2), unit L2 norm
-      (only for the heads in ``abd_dan``).
+      stacked, (N, 1, H/16, W/16), unit L2 norm (only for the heads in ``abd_dan``;
+      :func:`common.layers.two_branch.attention_taps`).
     """
     taps = []
     if not isinstance(network.common_branch.shallow_cam, nn.Identity):
         taps.append(AttentionTap("shallow_cam", ("common_branch.shallow_cam",),
                                  lambda outputs: activation_map(outputs[0]), ("shallow CAM",),
                                  description="activation map of the CAM after layer1"))
-    head = network.branches[1][1]
-    for name in ("cam", "pam"):
-        if name in head.dan:
-            taps.append(AttentionTap(name, (f"branches.1.1.{name}_module",), _stacked_activation,
-                                     (name.upper(),),
-                                     description=f"activation map of the attentive branch's "
-                                                 f"{name.upper()} head, stripes stacked"))
-    return taps
+    return taps + two_branch.attention_taps(network)

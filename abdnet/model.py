@@ -7,33 +7,37 @@ README's architecture flags (``--shallow-cam --abd-dan cam pam --abd-np 2``), re
 The released code orders its two branches by iterating a ``frozenset``, so the order (and with it
 the state_dict prefixes and the layout of the 3,072-d feature) changes with ``PYTHONHASHSEED``
 (§2.7). Here the order is fixed: ``branches.0`` is the global branch, ``branches.1`` the attentive
-branch. ``abdnet.released`` reads original checkpoints and moves their keys to this
-order by looking at what each branch holds.
+branch; :func:`load_trained` moves an original checkpoint's keys to this order by looking at what
+each branch holds (``common.layers.two_branch.remap_branch_order``).
 
-The branches, the DANet modules and the O.F./O.W. regularisers are shared with IAB-Net and live in
-``common/`` (``layers/two_branch.py``, ``layers/danet.py``, ``regularizers.py``). One
-paper-vs-code divergence lives in the model and has a switch (default = the code):
-``cam_softmax="code"`` weights channels with softmax(-E), as DANet's reference CAM does;
-``"paper"`` uses softmax(+E) (§2.4).
+The two-branch frame, the DANet modules and the O.F./O.W. regularisers are shared with IAB-Net,
+whose code is ABD-Net's repository, and live in ``common/layers/`` (``two_branch.py``,
+``danet.py``, ``orthogonality.py``); the run (flags, loss, two-phase training, checkpoint format)
+in ``common/torchreid_run/``. One paper-vs-code divergence lives in the model and has a switch
+(default = the code): ``cam_softmax="code"`` weights channels with softmax(-E), as DANet's
+reference CAM does; ``"paper"`` uses softmax(+E) (§2.4).
 """
 
 from __future__ import annotations
 
 import torch.nn as nn
 
-from common.layers.danet import CAM
-from abdnet.two_branch import TwoBranchNet
-from abdnet.released import load_released_checkpoint, read_released_checkpoint
 from common.eval import Retrieval
+from common.layers.danet import CAM
 from common.layers.resnet import build_resnet50
+from common.layers.two_branch import CLASSIFIER_KEY, TwoBranchNet, remap_branch_order
+from common.torchreid_run.checkpoint import load_torchreid_checkpoint, read_torchreid_checkpoint
 
-__all__ = ["INPUT_SIZE", "RETRIEVAL", "load_trained", "ABDNet", "ShallowCAM", "build_model"]
+__all__ = ["INPUT_SIZE", "RETRIEVAL", "WEIGHTS_HINT", "ABDNet", "ShallowCAM", "build_model",
+           "load_trained"]
 
 # What evaluation and deployment need (README command): the input size and the test convention
 # with --flip-eval: bilinear resize, the mean of the image's and its mirror's 3,072-d feature, not
 # normalised, squared Euclidean distance.
 INPUT_SIZE = (384, 128)
 RETRIEVAL = Retrieval(interpolation="bilinear", flip=True, normalize=False, distance="sqeuclidean")
+# Ends the message when a weights file does not fit the network.
+WEIGHTS_HINT = ". Was it trained with the same architecture flags (--abd-dan, --abd-np, --shallow-cam)?"
 
 
 class ShallowCAM(nn.Module):
@@ -67,8 +71,9 @@ class ABDNet(TwoBranchNet):
                  pretrained=True, weights_path=None):
         resnet = build_resnet50(last_stride=1, pretrained=pretrained, weights_path=weights_path)
         shallow = ShallowCAM(cam_softmax) if shallow_cam else nn.Identity()
-        super().__init__(resnet, shallow, num_classes, abd_dan, abd_np, global_dim, abd_dim,
-                         dropout, cam_softmax)
+        super().__init__(resnet, shallow, num_classes, dan=abd_dan, num_parts=abd_np,
+                         global_dim=global_dim, part_dim=abd_dim, dropout=dropout,
+                         cam_softmax=cam_softmax)
 
 
 def build_model(num_classes, **options):
@@ -80,7 +85,7 @@ def load_trained(path, **options):
     """The network of a file written by ``abdnet/main.py`` or the released code (``checkpoint_*``,
     a training state or a bare state_dict, either branch order): the class count is read from
     the weights; ``options`` are the architecture flags the run used."""
-    released = read_released_checkpoint(path)
-    model = build_model(released.num_classes or 751, pretrained=False, **options)
-    load_released_checkpoint(model, released)
+    released = read_torchreid_checkpoint(path, remap_branch_order)
+    model = build_model(released.num_classes(CLASSIFIER_KEY) or 751, pretrained=False, **options)
+    load_torchreid_checkpoint(model, released, hint=WEIGHTS_HINT)
     return model

@@ -4,8 +4,8 @@ COAB's spatial maps (``../shared/specs/iabnet.md`` §3.1-§3.2): the map sigmoid
 x, mean_c x]))) by which each COAB's spatial gate multiplies its input, read from the gate's
 ``spatial`` conv + BN and passed through the sigmoid, as ``SpatialGate.forward`` does. Drawn
 for the shallow CBAM after layer1 and for the last bottleneck of each ResNet stage (layer4 in
-both branches' copies); then the CASA branch's CAM and PAM heads, as ABD-Net's
-(:func:`abdnet.attention.attention_taps`).
+both branches' copies); then the CASA branch's CAM and PAM heads
+(:func:`common.layers.two_branch.attention_taps`).
 
 At the README input 384x128 (last stride 2) the maps are 96x32 (shallow, layer1), 48x16,
 24x8 and 12x4; the CAM / PAM maps 12x4.
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from abdnet.attention import attention_taps as two_branch_taps
 from common.eval.attention import AttentionTap
+from common.layers import two_branch
 
 __all__ = ["COAB_BLOCKS", "GRADCAM_LAYER", "attention_taps"]
 
@@ -50,4 +50,4 @@ def attention_taps(network):
                          value_range=(0.0, 1.0), unit="spatial gate (sigmoid)",
                          description=f"COAB spatial map of {path}")
             for name, path in blocks.items()]
-    return taps + [tap for tap in two_branch_taps(network) if tap.name != "shallow_cam"]
+    return taps + two_branch.attention_taps(network)

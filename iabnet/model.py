@@ -3,8 +3,9 @@
 
 Restated from the released code in ``../shared/specs/iabnet.md`` §3; section numbers below refer
 to that spec. The two branches (the global branch and the "CASA" branch, which is ABD-Net's
-attentive branch with CAM and PAM) come unchanged from ``abdnet.two_branch``; the global
-branch is ``branches.0``, whatever order a released file has (§3.3).
+attentive branch with CAM and PAM) come unchanged from ABD-Net's frame,
+``common/layers/two_branch.py``; the global branch is ``branches.0``, whatever order a released
+file has (§3.3).
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from torchvision.models.resnet import Bottleneck
 
 from common.eval import Retrieval
 from common.layers.resnet import build_resnet50
-from abdnet.two_branch import TwoBranchNet
-from abdnet.released import load_released_checkpoint, read_released_checkpoint
+from common.layers.two_branch import CLASSIFIER_KEY, TwoBranchNet, remap_branch_order
+from common.torchreid_run.checkpoint import load_torchreid_checkpoint, read_torchreid_checkpoint
 
-__all__ = ["INPUT_SIZE", "RETRIEVAL", "load_trained", "COAB", "COABBottleneck", "ChannelGate", "IABNet", "SpatialGate", "build_model",
-           "build_coab_resnet50", "init_like_original", "rename_original_keys"]
+__all__ = ["INPUT_SIZE", "RETRIEVAL", "WEIGHTS_HINT", "COAB", "COABBottleneck", "ChannelGate",
+           "IABNet", "SpatialGate", "build_coab_resnet50", "build_model", "init_like_original",
+           "load_trained", "remap_original_keys"]
 
 REDUCTION = 16
 
@@ -29,6 +31,9 @@ REDUCTION = 16
 # normalised, squared Euclidean distance.
 INPUT_SIZE = (384, 128)
 RETRIEVAL = Retrieval(interpolation="bilinear", flip=True, normalize=False, distance="sqeuclidean")
+# Ends the message when a weights file does not fit the network.
+WEIGHTS_HINT = (". Was it trained with the same architecture flags (--abd-dan, --abd-np, "
+                "--shallow-cam, --casa-channel)?")
 
 
 class ChannelGate(nn.Module):
@@ -180,16 +185,19 @@ class IABNet(TwoBranchNet):
             raise ValueError(f"casa_channel must be 'cam' or 'coab', got {casa_channel!r}")
         resnet = build_coab_resnet50(pretrained=pretrained, weights_path=weights_path)
         shallow = ShallowCBAM() if shallow_cam else nn.Identity()
-        super().__init__(resnet, shallow, num_classes, abd_dan, abd_np, global_dim, abd_dim,
-                         dropout, cam_softmax)
+        super().__init__(resnet, shallow, num_classes, dan=abd_dan, num_parts=abd_np,
+                         global_dim=global_dim, part_dim=abd_dim, dropout=dropout,
+                         cam_softmax=cam_softmax)
         if casa_channel == "coab":
-            self.branches[1][1].cam_module.attention_module = COAB(abd_dim // 2)
+            self.attentive_branch.cam_module.attention_module = COAB(abd_dim // 2)
 
 
-def rename_original_keys(state_dict):
-    """Released files may name the bottleneck attention ``cbam`` instead of ``coab`` (a sibling
-    file of the original, ``model_resnet.py``, does; §3.6): both load."""
-    return {key.replace(".cbam.", ".coab."): value for key, value in state_dict.items()}
+def remap_original_keys(state_dict):
+    """A released file's keys as this network names them: the global branch first
+    (``remap_branch_order``, §3.3), and the bottleneck attention ``coab``, which a sibling file
+    of the original, ``model_resnet.py``, names ``cbam`` (§3.6): both load."""
+    return {key.replace(".cbam.", ".coab."): value
+            for key, value in remap_branch_order(state_dict).items()}
 
 
 def build_model(num_classes, **options):
@@ -201,7 +209,7 @@ def load_trained(path, **options):
     """The network of a file written by ``iabnet/main.py`` or the released code (``checkpoint_*``,
     a training state or a bare state_dict, either branch order): the class count is read from
     the weights; ``options`` are the architecture flags the run used."""
-    released = read_released_checkpoint(path, rename_original_keys)
-    model = build_model(released.num_classes or 751, pretrained=False, **options)
-    load_released_checkpoint(model, released)
+    released = read_torchreid_checkpoint(path, remap_original_keys)
+    model = build_model(released.num_classes(CLASSIFIER_KEY) or 751, pretrained=False, **options)
+    load_torchreid_checkpoint(model, released, hint=WEIGHTS_HINT)
     return model

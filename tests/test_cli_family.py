@@ -3,15 +3,15 @@
 
 import pytest
 
-from abdnet.args import build_parser as abdnet_parser
+from abdnet.main import build_parser as abdnet_parser
 from apnet.main import build_parser as apnet_parser
 from apnet.main import runtime_overrides
-from iabnet.main import build_iab_parser
+from iabnet.main import build_parser as iabnet_parser
 from iaunet.main import build_parser as iaunet_parser
 from lagnet.main import build_parser as lagnet_parser
 
-PARSERS = {"lagnet": lagnet_parser, "abdnet": lambda: abdnet_parser("ABD-Net"),
-           "iabnet": build_iab_parser, "iaunet": iaunet_parser, "apnet": apnet_parser}
+PARSERS = {"lagnet": lagnet_parser, "abdnet": abdnet_parser,
+           "iabnet": iabnet_parser, "iaunet": iaunet_parser, "apnet": apnet_parser}
 REQUIRED = {"abdnet": ["-s", "market1501", "-t", "market1501"],
             "iabnet": ["-s", "market1501", "-t", "market1501"]}
 

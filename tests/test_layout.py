@@ -11,9 +11,6 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("lagnet", "abdnet", "iabnet", "iaunet", "apnet")
 # Names of the methods in any spelling; a citation in a docstring or comment is fine.
 METHOD_NAME = re.compile(r"abd|lagnet|lag-net|iab|iau|ianet|apnet|torchreid2018", re.IGNORECASE)
-# IAB-Net's released code is ABD-Net's repository with COAB blocks added: its run (flags, loss,
-# two-phase training, checkpoint format) is ABD-Net's, imported rather than copied.
-ALLOWED_METHOD_IMPORTS = {"iabnet": {"abdnet"}}
 
 
 def python_files(folder):
@@ -72,7 +69,7 @@ def test_common_imports_no_method_and_no_bench():
 
 @pytest.mark.parametrize("method", METHODS)
 def test_a_method_imports_only_common_and_itself(method):
-    allowed = {method, "common", *ALLOWED_METHOD_IMPORTS.get(method, ())}
+    allowed = {method, "common"}
     for path in python_files(method) + python_files(f"tests/{method}"):
         wrong = imported_packages(path) & ({*METHODS, "bench"} - allowed)
         assert not wrong, f"{path.relative_to(PROJECT_ROOT)} imports {wrong}"

@@ -2,12 +2,14 @@
 
 import pytest
 
-from abdnet.args import data_augment_steps, model_options
+from abdnet.main import ABD_NET, build_parser, model_options
 from abdnet.model import build_model
-from abdnet.args import build_parser
+from common.torchreid_run.args import data_augment_steps
+from common.torchreid_run.trainer import OptionError, check_options
+
 
 def abd_parser():
-    return build_parser("ABD-Net")
+    return build_parser()
 
 
 README = ("-s market1501 -t market1501 --flip-eval --eval-freq 1 --label-smooth --criterion htri "
@@ -61,3 +63,10 @@ def test_variants_outside_the_paper_are_refused():
             model_options(parser.parse_args(base + extra))
     with pytest.raises(SystemExit):
         parser.parse_args(["-t", "market1501"])  # -s is required, as in the original
+
+
+def test_height_must_split_the_layer4_map_into_the_stripes():
+    base = ["-s", "market1501", "-t", "market1501"]
+    with pytest.raises(OptionError, match=r"--height 72: .*\(height / 16 rows\).*multiple of 32"):
+        check_options(abd_parser().parse_args([*base, "--height", "72"]), ABD_NET)
+    check_options(abd_parser().parse_args([*base, "--height", "352"]), ABD_NET)  # 22 rows

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from abdnet.model import build_model
-from abdnet.two_branch import remap_branch_order
+from common.layers.two_branch import remap_branch_order
 from common.checkpoint import CheckpointError
-from abdnet.released import load_released_checkpoint
+from common.torchreid_run.checkpoint import load_torchreid_checkpoint, read_torchreid_checkpoint
 
 
 def count(module):
@@ -67,6 +67,10 @@ def swap_branches(state):
     return swapped
 
 
+def load_released(model, path):
+    return load_torchreid_checkpoint(model, read_torchreid_checkpoint(path, remap_branch_order))
+
+
 def test_original_checkpoints_load_in_either_branch_order():
     torch.manual_seed(0)
     source = build_model(10, pretrained=False, abd_dan=("cam",))
@@ -86,9 +90,9 @@ def test_tiny_input_trace_export_and_bad_height():
         eager = model(x)
         torch.testing.assert_close(torch.jit.trace(model, x)(x), eager)
         torch.testing.assert_close(torch.export.export(model, (x,)).module()(x), eager)
-        with pytest.raises(ValueError, match="not divisible by abd_np=2"):
+        with pytest.raises(ValueError, match="does not split into 2 stripes"):
             model(torch.randn(1, 3, 80, 32))  # layer4 height 5
-    with pytest.raises(ValueError, match="abd_dan"):
+    with pytest.raises(ValueError, match="'cam' and/or 'pam', got \\['sam'\\]"):
         build_model(10, pretrained=False, abd_dan=("sam",))
 
 
@@ -98,7 +102,7 @@ def test_released_checkpoint_format_loads_with_numpy_rank1(tmp_path):
     torch.save({"state_dict": swap_branches(source.state_dict()), "rank1": np.float32(0.956),
                 "epoch": 79}, tmp_path / "checkpoint_best.pth.tar")
     target = build_model(10, pretrained=False, abd_dan=("pam",))
-    info = load_released_checkpoint(target, tmp_path / "checkpoint_best.pth.tar")
+    info = load_released(target, tmp_path / "checkpoint_best.pth.tar")
     assert info == {"rank1": pytest.approx(0.956), "epoch": 79, "reinitialized": [],
                     "class_counts": None}
     assert torch.equal(target.state_dict()["branches.1.1.sum_conv.1.weight"],
@@ -106,4 +110,4 @@ def test_released_checkpoint_format_loads_with_numpy_rank1(tmp_path):
     broken = {k: v for k, v in source.state_dict().items() if "pam_module" not in k}
     torch.save({"state_dict": broken, "rank1": 0, "epoch": 0}, tmp_path / "broken.pth.tar")
     with pytest.raises(CheckpointError, match="missing key"):
-        load_released_checkpoint(build_model(10, pretrained=False), tmp_path / "broken.pth.tar")
+        load_released(build_model(10, pretrained=False), tmp_path / "broken.pth.tar")

@@ -1,7 +1,8 @@
 """The fixbase rule on the ABD-Net model: what trains in the warm-up epochs (abdnet.md §4.3)."""
 
 from abdnet.model import build_model
-from abdnet.trainer import open_all_layers, open_specified_layers
+from common.layers.two_branch import HEAD_MODULES
+from common.torchreid_run.trainer import open_all_layers, open_specified_layers
 
 
 def trainable(model):
@@ -11,7 +12,7 @@ def trainable(model):
 def test_fixbase_opens_the_heads_and_attention_and_freezes_the_backbone():
     model = build_model(751, pretrained=False)
     model.train()
-    open_specified_layers(model, ["classifier"])
+    open_specified_layers(model, ["classifier"], HEAD_MODULES)
     # shallow CAM gamma + ABD head + global head + three 751-way classifiers (spec §2.8)
     assert trainable(model) == 1 + 26_292_866 + 2_100_224 + 3 * (1024 * 751 + 751)
     assert model.common_branch.shallow_cam._cam_module.gamma.requires_grad

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from iabnet.main import build_iab_parser, main
+from common.torchreid_run.trainer import OptionError, check_options
+from iabnet.main import IAB_NET, build_parser, main, model_options
 
 GUIDE_FLAGS = ["--flip-eval", "--eval-freq", "1", "--label-smooth", "--criterion", "htri",
                "--lambda-htri", "0.1", "--data-augment", "crop", "random-erase", "--margin", "1.2",
@@ -20,11 +21,25 @@ TINY = ["--height", "64", "--width", "32", "--train-batch-size", "8", "--test-ba
 
 
 def test_defaults_aliases_and_the_figure_switch():
-    args = build_iab_parser().parse_args(["-s", "market1501", "-t", "market1501", "--iab-dim",
+    args = build_parser().parse_args(["-s", "market1501", "-t", "market1501", "--iab-dim",
                                           "512", "--iab-dan-no-head"])
     assert (args.max_epoch, args.seed, args.train_batch_size, args.fixbase_epoch) == (20, 4, 32, 10)
     assert (args.abd_dim, args.abd_dan_no_head, args.casa_channel) == (512, True, "cam")
     assert (args.depth, args.att_type, args.ksize) == (50, None, None)
+
+
+def test_the_casa_stripes_are_checked_at_last_stride_2():
+    """IAB-Net's layer4 map is height / 32 rows: 352 passes ABD-Net's check (22 rows) but gives
+    IAB-Net 11 rows, which do not split into 2 stripes."""
+    base = ["-s", "market1501", "-t", "market1501"]
+    with pytest.raises(OptionError, match=r"--height 352: .*\(height / 32 rows\).*multiple of 64"):
+        check_options(build_parser().parse_args([*base, "--height", "352"]), IAB_NET)
+    args = build_parser().parse_args([*base, "--height", "384", "--iab-np", "5", "--casa-channel",
+                                      "coab"])
+    with pytest.raises(OptionError, match="--abd-np 5 stripes; use a multiple of 160"):
+        check_options(args, IAB_NET)
+    args.abd_np = 2
+    assert model_options(args)["casa_channel"] == "coab"
 
 
 @pytest.mark.slow

@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from common.checkpoint import CheckpointError
-from abdnet.released import load_released_checkpoint, read_released_checkpoint
-from iabnet.model import COAB, ChannelGate, SpatialGate, build_model, rename_original_keys
+from common.torchreid_run.checkpoint import load_torchreid_checkpoint, read_torchreid_checkpoint
+from iabnet.model import COAB, ChannelGate, SpatialGate, build_model, remap_original_keys
 
 
 def count(module):
@@ -91,6 +91,11 @@ def test_coab_sits_before_the_residual_add():
     torch.testing.assert_close(block(x), torch.relu(block.coab(out) + x))
 
 
+def load_released(model, path):
+    """A released file into ``model``, strictly, as ``load_trained`` reads it."""
+    return load_torchreid_checkpoint(model, read_torchreid_checkpoint(path, remap_original_keys))
+
+
 def test_tiny_input_trace_export_and_released_layout(tmp_path):
     torch.manual_seed(0)
     model = build_model(10, pretrained=False).eval()
@@ -108,20 +113,19 @@ def test_tiny_input_trace_export_and_released_layout(tmp_path):
         swapped[f"module.{key}"] = value
     torch.save({"state_dict": swapped, "rank1": 0.8988, "epoch": 19}, tmp_path / "best.pth.tar")
     target = build_model(10, pretrained=False)
-    assert load_released_checkpoint(target, tmp_path / "best.pth.tar") == {
+    assert load_released(target, tmp_path / "best.pth.tar") == {
         "rank1": pytest.approx(0.8988), "epoch": 19, "reinitialized": [], "class_counts": None}
     assert all(torch.equal(target.state_dict()[k], v) for k, v in model.state_dict().items())
     # the bottleneck attention named cbam, as a sibling file of the original names it
     cbam = {k.replace(".coab.", ".cbam."): v for k, v in swapped.items()}
     torch.save({"state_dict": cbam, "rank1": 0.5, "epoch": 3}, tmp_path / "cbam.pth.tar")
-    released = read_released_checkpoint(tmp_path / "cbam.pth.tar", rename_original_keys)
-    assert load_released_checkpoint(build_model(10, pretrained=False), released)["epoch"] == 3
+    assert load_released(build_model(10, pretrained=False), tmp_path / "cbam.pth.tar")["epoch"] == 3
     # a file without the COABs (an ABD-Net-shaped backbone) is refused, the keys listed (190
     # COAB entries less the 19 num_batches_tracked, which torch tolerates missing)
     plain = {k: v for k, v in model.state_dict().items() if ".coab." not in k}
     torch.save({"state_dict": plain, "rank1": 0, "epoch": 0}, tmp_path / "plain.pth.tar")
     with pytest.raises(CheckpointError, match=r"171 missing key\(s\).*coab"):
-        load_released_checkpoint(target, tmp_path / "plain.pth.tar")
+        load_released(target, tmp_path / "plain.pth.tar")
 
 
 def test_casa_channel_switch_puts_a_coab_where_the_code_has_cam():

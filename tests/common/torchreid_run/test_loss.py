@@ -1,18 +1,24 @@
-"""ABD-Net's loss composition and phases (abdnet.md §3)."""
+"""The run's loss composition and phases (abdnet.md §3), on the two-branch frame."""
 
 import pytest
 import torch
+import torch.nn as nn
 
-from abdnet.loss import ABDLoss
-from abdnet.model import build_model
+from common.layers.resnet import build_resnet50
+from common.layers.two_branch import TwoBranchNet
 from common.losses import CrossEntropyLabelSmooth, TripletLoss
-from abdnet.regularizers import OWPenalty
+from common.torchreid_run.loss import TrainingLoss
+
+
+def two_branch_net(num_classes):
+    return TwoBranchNet(build_resnet50(last_stride=1, pretrained=False), nn.Identity(),
+                        num_classes)
 
 
 @pytest.fixture(scope="module")
 def batch():
     torch.manual_seed(0)
-    model = build_model(5, pretrained=False).train()
+    model = two_branch_net(5).train()
     labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
     outputs = model(torch.randn(8, 3, 64, 32))
     return model, outputs, labels
@@ -20,7 +26,7 @@ def batch():
 
 def test_readme_loss_is_ce_plus_weighted_triplet_and_regularisers(batch):
     model, outputs, labels = batch
-    loss = ABDLoss(5, criterion="htri", label_smooth=True, margin=1.2, lambda_htri=0.1,
+    loss = TrainingLoss(5, criterion="htri", label_smooth=True, margin=1.2, lambda_htri=0.1,
                    use_of=True, use_ow=True)
     total, terms = loss(model, outputs, labels, epoch=0)
     ce = sum(CrossEntropyLabelSmooth(5, 0.1)(l, labels) for l in outputs[1]) / 3
@@ -35,19 +41,18 @@ def test_readme_loss_is_ce_plus_weighted_triplet_and_regularisers(batch):
 
 def test_xent_only_and_bad_criterion(batch):
     model, outputs, labels = batch
-    total, terms = ABDLoss(5)(model, outputs, labels, epoch=0)
+    total, terms = TrainingLoss(5)(model, outputs, labels, epoch=0)
     assert set(terms) == {"xent"}
     with pytest.raises(ValueError, match="criterion"):
-        ABDLoss(5, criterion="triplet")
+        TrainingLoss(5, criterion="triplet")
 
 
-def test_ow_scope_stem_only_is_one_layer_and_all_is_the_whole_trunk():
-    model = build_model(10, pretrained=False)
-    assert OWPenalty(scope="stem_only").conv_layers(model) == [model.common_branch.backbone1[0]]
-    # conv1 + layer1..layer3 (43 convs incl. downsamples) + two layer4 copies (10 each)
-    assert len(OWPenalty(scope="all").conv_layers(model)) == 63
-    loss = OWPenalty(scope="stem_only")(model)
-    loss.backward()
-    assert model.common_branch.backbone1[0].weight.grad is not None
+def test_ow_reads_the_convs_of_its_scope(batch):
+    model, outputs, labels = batch
+    stem = model.common_branch.backbone1[0]
+    model.zero_grad()
+    _, terms = TrainingLoss(5, use_ow=True, ow_scope="stem_only")(model, outputs, labels, epoch=0)
+    terms["ow"].backward(retain_graph=True)
+    assert stem.weight.grad is not None and model.common_branch.backbone2[0][0].conv1.weight.grad is None
     with pytest.raises(ValueError, match="stem_only"):
-        OWPenalty(scope="paper")
+        TrainingLoss(5, use_ow=True, ow_scope="paper")

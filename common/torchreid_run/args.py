@@ -1,11 +1,11 @@
-"""The command-line flags of ABD-Net's ``args.py`` (``../shared/specs/abdnet.md`` §1.2), which
-IAB-Net's code keeps (``iabnet.md`` §1.2).
+"""The command-line flags of torchreid's (2018) ``args.py`` as ABD-Net's released code extends
+it (``../shared/specs/abdnet.md`` §1.2), which IAB-Net's code keeps (``iabnet.md`` §1.2).
 
 Every flag keeps its name, type and default, including the ones that only matter for the original's
-other architectures or video data; a method changes defaults with ``parser.set_defaults`` and
-adds its own flags. :func:`data_augment_steps` reads ``--data-augment`` (the
-default's quirk kept, the comma forms fixed); :func:`model_options` turns the architecture flags into
- the methods' ``build_model`` arguments and refuses the variants that are not built here.
+other architectures or video data. A method adds its architecture flags (and any of its own) with
+the ``add_architecture_flags(parser)`` it passes to :func:`build_parser`, and changes defaults with
+``parser.set_defaults``. :func:`data_augment_steps` reads ``--data-augment`` (the default's quirk
+kept, the comma forms fixed).
 """
 
 from __future__ import annotations
@@ -14,26 +14,16 @@ import argparse
 
 from common.runtime import add_runtime_flags
 
-__all__ = ["ALIASABLE_FLAGS", "DATA_AUGMENT_CHOICES", "build_parser", "data_augment_steps",
-           "model_options"]
-
-ALIASABLE_FLAGS = ("--abd-dim", "--abd-np", "--abd-dan", "--abd-dan-no-head")
+__all__ = ["DATA_AUGMENT_CHOICES", "build_parser", "data_augment_steps"]
 
 DATA_AUGMENT_CHOICES = ("none", "crop", "random-erase", "color-jitter", "crop,random-erase",
                         "crop,color-jitter", "crop,color-jitter,random-erase")
 
 
-def build_parser(description, aliases=None):
-    """The parser; ``aliases`` maps an ``--abd-*`` flag to more names for it (IAB-Net's guide
-    spells ``--abd-dim`` as ``--iab-dim``)."""
-    aliases = aliases or {}
-    unknown = set(aliases) - set(ALIASABLE_FLAGS)
-    if unknown:
-        raise ValueError(f"aliases can be given for {', '.join(ALIASABLE_FLAGS)}, not {sorted(unknown)}")
-
-    def names(flag):
-        return [flag, *aliases.get(flag, ())]
-
+def build_parser(description, add_architecture_flags):
+    """The parser: torchreid's data, optimisation, schedule and evaluation flags, the method's
+    architecture flags (``add_architecture_flags(parser)`` adds them, in their own group), the
+    O.F./O.W. regularisers and the flags beyond the original."""
     parser = argparse.ArgumentParser(description=description,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     data = parser.add_argument_group("data")
@@ -112,25 +102,7 @@ def build_parser(description, aliases=None):
     misc.add_argument("--use-avai-gpus", action="store_true")
     misc.add_argument("--visualize-ranks", action="store_true")
 
-    arch = parser.add_argument_group("architecture")
-    arch.add_argument("--compatibility", action="store_true",
-                      help="the original also registered the shallow CAM a second time; unused")
-    arch.add_argument("--branches", type=str, nargs="+", default=["global", "abd"])
-    arch.add_argument("--dropout", type=float, default=0.5)
-    arch.add_argument("--global-dim", type=int, default=1024)
-    arch.add_argument("--global-max-pooling", action="store_true")
-    arch.add_argument(*names("--abd-dim"), type=int, default=1024)
-    arch.add_argument(*names("--abd-np"), type=int, default=2)
-    arch.add_argument(*names("--abd-dan"), type=str, nargs="+", default=[])
-    arch.add_argument(*names("--abd-dan-no-head"), action="store_true")
-    arch.add_argument("--shallow-cam", action="store_true")
-    arch.add_argument("--np-dim", type=int, default=1024)
-    arch.add_argument("--np-np", type=int, default=2)
-    arch.add_argument("--np-with-global", action="store_true")
-    arch.add_argument("--np-max-pooling", action="store_true")
-    arch.add_argument("--dan-dim", type=int, default=1024)
-    arch.add_argument("--dan-dan", type=str, nargs="+", default=[])
-    arch.add_argument("--dan-dan-no-head", action="store_true")
+    add_architecture_flags(parser)
 
     regular = parser.add_argument_group("regularisers")
     regular.add_argument("--use-of", action="store_true", help="O.F. on feature maps")
@@ -143,8 +115,6 @@ def build_parser(description, aliases=None):
 
     beyond = parser.add_argument_group("beyond the original")
     add_runtime_flags(beyond, separator="-")
-    beyond.add_argument("--cam-softmax", default="code", choices=("code", "paper"),
-                        help="code: softmax(-E) (released); paper: softmax(+E)")
     beyond.add_argument("--ow-scope", default="stem_only", choices=("stem_only", "all"),
                         help="stem_only: the stem conv (released); all: every backbone conv")
     beyond.add_argument("--no-epoch-checkpoints", action="store_true",
@@ -170,27 +140,3 @@ def data_augment_steps(data_augment):
         return False, False
     steps = {step for value in data_augment for step in value.split(",")}
     return "crop" in steps, "random-erase" in steps
-
-
-def model_options(args):
-    """``build_model`` keyword arguments for ``args`` (ABD-Net's and IAB-Net's take the same).
-
-    Raises ValueError for the original's variants that the papers do not use and that are not
-    built here (other archs, the ``np`` / ``dan`` branches, head-less or max-pooled heads).
-    """
-    unsupported = []
-    if args.arch != "resnet50":
-        unsupported.append(f"--arch {args.arch}")
-    if sorted(args.branches) != ["abd", "global"]:
-        unsupported.append(f"--branches {' '.join(args.branches)}")
-    for flag in ("global_max_pooling", "abd_dan_no_head"):
-        if getattr(args, flag):
-            unsupported.append("--" + flag.replace("_", "-"))
-    if unsupported:
-        raise ValueError(f"{', '.join(unsupported)}: only the paper's model is built here "
-                         f"(--arch resnet50 --branches global abd, average-pooled heads); the "
-                         f"original's other variants were not used for its results")
-    return {"shallow_cam": args.shallow_cam, "abd_dan": tuple(args.abd_dan),
-            "abd_np": args.abd_np, "global_dim": args.global_dim, "abd_dim": args.abd_dim,
-            "dropout": args.dropout, "cam_softmax": args.cam_softmax,
-            "pretrained": not args.no_pretrained, "weights_path": args.pretrained_path}

@@ -1,18 +1,19 @@
-"""Training and evaluation behind ``abdnet/main.py`` and ``iabnet/main.py``: ABD-Net's released
-``train.py`` (``../shared/specs/abdnet.md`` §4-§5), which IAB-Net's code keeps unchanged
-(``iabnet.md`` §5). A method passes its name and its ``build_model`` (:class:`Method`).
+"""The run of torchreid's (2018) ``train.py`` as ABD-Net's released code extends it
+(``../shared/specs/abdnet.md`` §4-§5), which IAB-Net's code keeps unchanged (``iabnet.md`` §5),
+on the shared run skeleton (:mod:`common.engine`). A method passes what differs (:class:`Method`):
+its name, network, architecture flags, head modules and key conventions.
 
 The run is the released ``train.py``'s:
 
-1. ``--fixbase-epoch`` warm-up epochs (10 by default) before the main loop: only the heads and
-   the attention modules train (:func:`open_specified_layers`), the rest is frozen and kept in
-   eval mode; no O.F./O.W.; the scheduler is not stepped; afterwards the optimizer state is reset.
+1. ``--fixbase-epoch`` warm-up epochs (10 by default) before the main loop: only the method's
+   head modules train (:func:`open_specified_layers`), the rest is frozen and kept in eval mode;
+   no O.F./O.W.; the scheduler is not stepped; afterwards the optimizer state is reset.
 2. ``--max-epoch`` main epochs with every layer open, MultiStepLR stepped after each epoch, O.W.
    from main epoch 0 and O.F. from ``--of-start-epoch``. After each one ``checkpoint_ep{N}.pth.tar``
    is written (``{state_dict, rank1: 0, epoch}``); every ``--eval-freq`` epochs and at the last,
-   each ``-t`` dataset is evaluated (3,072-d features, flip-averaged with ``--flip-eval``, not
-   normalised, squared Euclidean distance) and ``checkpoint_best.pth.tar`` keeps the best rank-1
-   of the last target.
+   each ``-t`` dataset is evaluated (the eval-mode features, flip-averaged with ``--flip-eval``,
+   not normalised, squared Euclidean distance) and ``checkpoint_best.pth.tar`` keeps the best
+   rank-1 of the last target.
 
 Beyond the original: ``training_state.pth.tar`` (weights, optimizer, schedule, random states,
 history) after every epoch, so ``--resume`` continues exactly; python, NumPy and torch seeded;
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,19 +45,16 @@ from common.files import atomic_write
 from common.runrecord import adopt_recorded_flags, write_run_record
 from common.runtime import (OptionError, distributed_session, exit_on_user_error,
                             optimizer_by_name, step_scheduler)
-from abdnet.args import data_augment_steps, model_options
-from abdnet.loss import ABDLoss
-from abdnet.released import load_released_checkpoint, read_released_checkpoint
+from common.torchreid_run.args import data_augment_steps
+from common.torchreid_run.checkpoint import load_torchreid_checkpoint, read_torchreid_checkpoint
+from common.torchreid_run.loss import TrainingLoss
 
-__all__ = ["Method", "OPEN_LAYER_KEYWORDS", "OptionError", "TRAINING_STATE", "open_all_layers",
-           "open_specified_layers", "run", "run_command_line"]
+__all__ = ["Method", "OptionError", "TRAINING_STATE", "open_all_layers", "open_specified_layers",
+           "run", "run_command_line"]
 
 log = logging.getLogger(__name__)
 
 TRAINING_STATE = "training_state.pth.tar"
-# A module whose name contains one of these stays trainable in the fixbase epochs (§4.3).
-OPEN_LAYER_KEYWORDS = ("classifier", "fc", "reduction", "cam_module", "pam_module", "sum_conv",
-                       "before_module")
 # -s / -t keys of the original that common/ reads; the others (viper, grid, ilids, ...) are refused.
 SUPPORTED_DATASETS = ("market1501", "dukemtmcreid", "msmt17", "cuhk03", "cuhk01", "prid450s")
 SPLIT_DATASETS = ("cuhk01", "prid450s")  # --split-id selects one of NUM_RANDOM_SPLITS
@@ -65,28 +62,45 @@ SPLIT_DATASETS = ("cuhk01", "prid450s")  # --split-id selects one of NUM_RANDOM_
 
 @dataclass(frozen=True)
 class Method:
-    """What differs between the methods that share this trainer: the name in reports, the
-    model factory ``build_model(num_classes, **model_options(args))``, and optionally a key
-    renaming for the method's released files (see ``read_released_checkpoint``)."""
+    """What differs between the methods that share this run.
+
+    Attributes:
+        name: the method's name in logs and reports (``"ABD-Net"``).
+        build_model: ``build_model(num_classes, **model_options(args))`` -> the network; in
+            training mode its forward returns ``(predict, logits, triplet_features,
+            feature_maps)``, in eval mode the retrieval feature (B, D); with ``--use-ow`` it has
+            ``orthogonality_convs(scope)``.
+        model_options: ``args`` -> ``build_model``'s keyword arguments; raises ValueError (one
+            line, with the fix) for flags the method does not build.
+        head_modules: a module whose name contains one of these trains in the fixbase warm-up.
+        classifier_key: the state_dict key whose rows count the training identities.
+        remap_keys: state_dict -> state_dict for the method's released files (key order,
+            historical names), or None.
+        weights_hint: ends the error message when a weights file does not fit the network.
+    """
 
     name: str
     build_model: Callable
-    rename_keys: Callable | None = None
+    model_options: Callable
+    head_modules: tuple
+    classifier_key: str
+    remap_keys: Callable | None = None
+    weights_hint: str = ""
 
 
-def open_specified_layers(model, open_layers):
+def open_specified_layers(model, open_layers, head_modules=()):
     """The fixbase rule of the original (§4.3), applied recursively from ``model``'s children: a
-    child whose name is in ``open_layers`` or contains one of :data:`OPEN_LAYER_KEYWORDS` is put
-    in train mode with gradients; any other is frozen, put in eval mode, and searched the same way.
+    child whose name is in ``open_layers`` or contains one of ``head_modules`` is put in train
+    mode with gradients; any other is frozen, put in eval mode, and searched the same way.
     """
     for name, module in model.named_children():
-        if name in open_layers or any(key in name for key in OPEN_LAYER_KEYWORDS):
+        if name in open_layers or any(key in name for key in head_modules):
             module.train()
             module.requires_grad_(True)
         else:
             module.eval()
             module.requires_grad_(False)
-            open_specified_layers(module, open_layers)
+            open_specified_layers(module, open_layers, head_modules)
 
 
 def open_all_layers(model):
@@ -166,8 +180,8 @@ def build_test_loaders(args, dataset, pin_memory):
 
 
 class TwoPhaseEngine(Engine):
-    """ABD-Net's released ``train.py`` (§4-§5) on the shared run skeleton: the fixbase warm-up
-    phase, then the main epochs."""
+    """The released ``train.py`` (§4-§5) on the shared run skeleton: the fixbase warm-up phase,
+    then the main epochs."""
 
     state_file = TRAINING_STATE
 
@@ -192,7 +206,8 @@ class TwoPhaseEngine(Engine):
         self.train_loader.sampler.set_epoch(self.fixbase_done + self.epoch)
         self.module.train()
         if self.in_fixbase or self.args.fixbase:
-            open_specified_layers(self.module, self.args.open_layers)
+            open_specified_layers(self.module, self.args.open_layers,
+                                  self.method.head_modules)
         else:
             open_all_layers(self.module)
 
@@ -261,10 +276,10 @@ class TwoPhaseEngine(Engine):
         self.context.barrier()
 
 
-def check_options(args):
+def check_options(args, method):
     """Rejects values the original accepts but that cannot run, with the fix."""
     try:
-        model_options(args)
+        method.model_options(args)
     except ValueError as err:
         raise OptionError(str(err)) from None
     if not args.evaluate and (args.max_epoch < 1 or not 0 <= args.start_epoch < args.max_epoch):
@@ -278,10 +293,6 @@ def check_options(args):
     if args.criterion == "htri" and args.train_batch_size % args.num_instances:
         raise OptionError(f"--train-batch-size {args.train_batch_size} must be a multiple of "
                           f"--num-instances {args.num_instances} with --criterion htri")
-    if math.ceil(args.height / 16) % args.abd_np:  # the layer4 map must split into abd_np parts
-        raise OptionError(f"--height {args.height}: the layer4 map (height / 16 rows) does not "
-                          f"split into --abd-np {args.abd_np} stripes; use a multiple of "
-                          f"{16 * args.abd_np}")
     if args.evaluate and args.resume and args.load_weights:
         raise OptionError("--evaluate takes the weights from --load-weights or --resume, not both")
     if args.all_splits:
@@ -306,7 +317,7 @@ def run_command_line(args, method, program):
 def run(args, method):
     """Runs ``main.py``'s job for ``method``: train (and evaluate), or only evaluate with
     ``--evaluate``; with ``--all-splits``, once per split."""
-    check_options(args)
+    check_options(args, method)
     with distributed_session(cpu=args.use_cpu) as distributed:
         if args.all_splits:
             _run_all_splits(args, method, distributed)
@@ -371,8 +382,8 @@ def _run(args, method, context):
     resume_state = load_checkpoint(resume) if resume is not None and not args.evaluate else None
     resumable = resume_state is not None and "optimizer" in resume_state
     weights = args.load_weights or ("" if resumable else args.resume)
-    released = read_released_checkpoint(
-        weights, method.rename_keys,
+    released = read_torchreid_checkpoint(
+        weights, method.remap_keys,
         loaded=None if args.load_weights else resume_state) if weights else None
 
     targets = {}
@@ -382,7 +393,8 @@ def _run(args, method, context):
         targets[name] = EvalTarget(dataset, *build_test_loaders(args, dataset, pin_memory))
     train_loader = None
     if args.evaluate:  # the class count of the weights; any when there are none
-        num_classes = (released.num_classes if released is not None else None) or 1
+        num_classes = (released.num_classes(method.classifier_key)
+                       if released is not None else None) or 1
     else:
         train_samples, num_classes = combine_train_sets(
             [targets[n].dataset if n in targets else load_dataset(n, args)
@@ -391,12 +403,13 @@ def _run(args, method, context):
                  f"{len(train_samples)} images")
         train_loader = build_train_loader(args, train_samples, distributed, pin_memory)
 
-    options = model_options(args)
-    options["pretrained"] = options["pretrained"] and released is None and not resumable
+    options = method.model_options(args)
+    if options.get("pretrained"):  # ImageNet weights only for a network that loads no others
+        options["pretrained"] = released is None and not resumable
     model = method.build_model(num_classes, **options).to(device)
     if released is not None:
-        _load_weights(model, released, fine_tuning=not args.evaluate)
-    criterion = None if args.evaluate else ABDLoss(
+        _load_weights(model, released, method, fine_tuning=not args.evaluate)
+    criterion = None if args.evaluate else TrainingLoss(
         num_classes, criterion=args.criterion, label_smooth=args.label_smooth, margin=args.margin,
         lambda_xent=args.lambda_xent, lambda_htri=args.lambda_htri, use_of=args.use_of,
         of_beta=args.of_beta, of_start_epoch=args.of_start_epoch, of_positions=args.of_position,
@@ -435,10 +448,11 @@ def _optimizer_and_schedule(args, model):
     return optimizer, scheduler
 
 
-def _load_weights(model, released, fine_tuning):
+def _load_weights(model, released, method, fine_tuning):
     """Loads ``released`` strictly. When fine-tuning from a file trained with another class
     count (another dataset), the classifiers are left at their initialisation and listed."""
-    info = load_released_checkpoint(model, released, new_classes_ok=fine_tuning)
+    info = load_torchreid_checkpoint(model, released, new_classes_ok=fine_tuning,
+                                     hint=method.weights_hint)
     if info["reinitialized"]:
         file_classes, data_classes = info["class_counts"]
         log.warning(f"{released.path}: its classifiers have {file_classes} classes and the "

@@ -1,6 +1,5 @@
-"""ABD-Net's diversity regularisers, which IAB-Net inherits: O.F. on feature maps and O.W. on conv
-weights. O.W. reads the layout of :mod:`abdnet.two_branch` models (``common_branch`` with
-the stem conv first in ``backbone1``, ``backbone2``, and ``branches[i][0]`` the layer4 copies).
+"""The diversity regularisers of ABD-Net (Chen et al., ICCV 2019), which IAB-Net inherits: O.F.
+on feature maps and O.W. on conv weights.
 
 Both penalise the spread of the eigenvalues of a Gram matrix, estimated the way the released code
 does (``../shared/specs/abdnet.md`` §3.3, §3.4): one power-iteration step from a random start
@@ -12,8 +11,7 @@ smallest. The estimates are rough and random by design; gradients flow through t
   and divided by B / 32, averaged over parts, summed over positions.
 - O.W. (``OWPenalty``): G = W Wᵀ with W the conv weight as out x (in k k), start vector uniform
   [0, 1), penalty 10 β (λmax - λmin)² per layer (layers with one output channel are skipped).
-  ``scope="stem_only"`` is what the released code does (its layer collector never enters a
-  Bottleneck, so only the stem conv is penalised); ``"all"`` is the paper's every backbone conv.
+  The network says which convs it penalises (``TwoBranchNet.orthogonality_convs``).
 """
 
 from __future__ import annotations
@@ -84,26 +82,15 @@ class OFPenalty(nn.Module):
 
 
 class OWPenalty(nn.Module):
-    """O.W. over a model's conv weights; :meth:`conv_layers` lists the layers it penalises."""
+    """O.W. over conv weights: ``forward(conv_layers)`` sums the penalty of each ``nn.Conv2d``."""
 
-    def __init__(self, beta=1e-3, scope="stem_only"):
+    def __init__(self, beta=1e-3):
         super().__init__()
-        if scope not in ("stem_only", "all"):
-            raise ValueError(f"O.W. scope must be 'stem_only' or 'all', got {scope!r}")
-        self.beta, self.scope = beta, scope
+        self.beta = beta
 
-    def conv_layers(self, model):
-        """The stem conv (``stem_only``) or every conv of the trunk and the layer4 copies."""
-        if self.scope == "stem_only":
-            return [model.common_branch.backbone1[0]]
-        trunk = [model.common_branch.backbone1, model.common_branch.backbone2,
-                 *(branch[0] for branch in model.branches)]
-        return [layer for part in trunk for layer in part.modules()
-                if isinstance(layer, nn.Conv2d)]
-
-    def forward(self, model):
+    def forward(self, conv_layers):
         total = 0.0
-        for layer in self.conv_layers(model):
+        for layer in conv_layers:
             weight = layer.weight.reshape(layer.weight.shape[0], -1)
             if weight.shape[0] == 1:
                 continue

@@ -1,5 +1,5 @@
-"""The shared trainer's pieces: the open-layer rule, the training-set union, the option checks,
-the flag aliases (abdnet.md §1, §4)."""
+"""The torchreid-style run's pieces: the open-layer rule, the training-set union, the option
+checks, --all-splits (abdnet.md §1, §4), with a tiny stand-in method."""
 
 import json
 
@@ -9,9 +9,13 @@ import torch.nn as nn
 from PIL import Image
 
 from common.data import ReidDataset, Sample
-from abdnet.args import build_parser
-from abdnet.trainer import (Method, OptionError, check_options, combine_train_sets,
+from common.torchreid_run.args import build_parser as build_torchreid_parser
+from common.torchreid_run.trainer import (Method, OptionError, check_options, combine_train_sets,
                                           open_specified_layers, run)
+
+
+def build_parser(description):
+    return build_torchreid_parser(description, lambda parser: None)
 
 
 def test_open_layers_names_more_modules():
@@ -19,7 +23,7 @@ def test_open_layers_names_more_modules():
     model.add_module("backbone", nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)))
     model.add_module("head", nn.Linear(2, 2))
     model.add_module("fc_out", nn.Linear(2, 1))
-    open_specified_layers(model, ["head"])
+    open_specified_layers(model, ["head"], head_modules=("fc",))
     assert [n for n, p in model.named_parameters() if p.requires_grad] == [
         "head.weight", "head.bias", "fc_out.weight", "fc_out.bias"]
     assert not model.backbone[1].training
@@ -33,30 +37,29 @@ def test_sources_are_concatenated_with_identity_and_camera_offsets():
     assert [(s.pid, s.camid) for s in samples] == [(0, 0), (1, 1), (2, 2), (4, 4), (3, 2)]
 
 
+def refuse_width_8(args):
+    """A stand-in method's ``model_options``: refuses one value, with its message."""
+    if args.width == 8:
+        raise ValueError("--width 8: too narrow for this network")
+    return {}
+
+
 @pytest.mark.parametrize("extra, message", [
-    (["--height", "72"], "--height 72"),
     (["--criterion", "htri", "--train-batch-size", "30"], "multiple of --num-instances 4"),
     (["--max-epoch", "0"], "at least one main epoch"),
     (["--fixbase-epoch", "-1"], "--fixbase-epoch -1"),
-    (["--arch", "densenet121"], "--arch densenet121"),
+    (["--train-batch-size", "1"], "--train-batch-size 1"),
+    (["--width", "8"], "--width 8: too narrow"),  # the method's own check, as an OptionError
     (["--evaluate", "--resume", "a", "--load-weights", "b"], "not both"),
 ])
 def test_options_that_cannot_run_are_refused(extra, message):
     args = build_parser("test").parse_args(["-s", "market1501", "-t", "market1501", *extra])
     with pytest.raises(OptionError, match=message):
-        check_options(args)
-
-
-def test_aliases_name_the_same_flag():
-    parser = build_parser("test", aliases={"--abd-dan": ["--iab-dan"], "--abd-np": ["--iab-np"]})
-    args = parser.parse_args(["-s", "a", "-t", "a", "--iab-dan", "cam", "pam", "--iab-np", "3"])
-    assert (args.abd_dan, args.abd_np) == (["cam", "pam"], 3)
-    with pytest.raises(ValueError, match="--margin"):
-        build_parser("test", aliases={"--margin": ["--m"]})
+        check_options(args, tiny_method(model_options=refuse_width_8))
 
 
 class TinyTwoBranchOutputs(nn.Module):
-    """A small stand-in with the train/eval outputs of the ABD-Net family."""
+    """A small stand-in with the train/eval outputs the run expects."""
 
     def __init__(self, num_classes, **options):
         super().__init__()
@@ -71,6 +74,11 @@ class TinyTwoBranchOutputs(nn.Module):
         return feature, (self.classifier(feature),), (feature,), {}
 
 
+def tiny_method(model_options=lambda args: {}):
+    return Method("Tiny", TinyTwoBranchOutputs, model_options, head_modules=("classifier",),
+                  classifier_key="classifier.weight")
+
+
 def test_all_splits_trains_each_split_and_reports_mean_and_spread(tmp_path, capsys):
     rng = np.random.default_rng(0)
     for camera in ("cam_a", "cam_b"):
@@ -83,7 +91,7 @@ def test_all_splits_trains_each_split_and_reports_mean_and_spread(tmp_path, caps
         "--width", "16", "--train-batch-size", "4", "--fixbase-epoch", "0", "--max-epoch", "1",
         "--use-cpu", "-j", "0", "--no-pretrained", "--save-dir", str(tmp_path / "runs"),
         "--all-splits"])
-    run(args, Method("Tiny", TinyTwoBranchOutputs))
+    run(args, tiny_method())
     summary = json.loads((tmp_path / "runs/results_splits.json").read_text())
     per_split = [json.loads((tmp_path / f"runs/split{k}/results_best.json").read_text())
                  for k in range(10)]
@@ -100,4 +108,4 @@ def test_all_splits_needs_a_split_dataset():
     args = build_parser("test").parse_args(["-s", "market1501", "-t", "market1501",
                                             "--all-splits"])
     with pytest.raises(OptionError, match="random splits"):
-        check_options(args)
+        check_options(args, tiny_method())

@@ -1,25 +1,27 @@
-"""ABD-Net's training loss (``../shared/specs/abdnet.md`` §3), which IAB-Net keeps (``iabnet.md`` §4):
+"""The training loss of the torchreid-style run: torchreid's cross-entropy and triplet, with the
+orthogonality regularisers ABD-Net added to it (``../shared/specs/abdnet.md`` §3; IAB-Net keeps
+it, ``iabnet.md`` §4):
 
 L = λ_xent · mean over heads (CE) + λ_htri · mean over features (triplet) + O.W. + [O.F. once
 epoch ≥ of_start_epoch]
 
 The cross-entropy is label-smoothed (ε = 0.1) with ``--label-smooth``; the triplet is batch-hard
 on the three unnormalised 1,024-d features (Euclidean, ``--margin``), only with ``--criterion
-htri``. O.F. and O.W. are in :mod:`abdnet.regularizers`; neither applies during the fixbase
-epochs.
+htri``. O.F. and O.W. are in :mod:`common.layers.orthogonality`; neither applies during the
+fixbase epochs. O.W. reads the convs the network names (``orthogonality_convs(scope)``).
 """
 
 from __future__ import annotations
 
 import torch.nn as nn
 
-from abdnet.regularizers import OF_POSITIONS, OFPenalty, OWPenalty
+from common.layers.orthogonality import OF_POSITIONS, OFPenalty, OWPenalty
 from common.losses import CrossEntropyLabelSmooth, TripletLoss
 
-__all__ = ["ABDLoss"]
+__all__ = ["TrainingLoss"]
 
 
-class ABDLoss(nn.Module):
+class TrainingLoss(nn.Module):
     """Returns the total and a dict of its terms for one batch.
 
     Args:
@@ -41,7 +43,10 @@ class ABDLoss(nn.Module):
         self.lambda_xent, self.lambda_htri = lambda_xent, lambda_htri
         self.of_penalty = OFPenalty(of_beta, of_positions) if use_of else None
         self.of_start_epoch = of_start_epoch
-        self.ow_penalty = OWPenalty(ow_beta, ow_scope) if use_ow else None
+        if ow_scope not in ("stem_only", "all"):
+            raise ValueError(f"the O.W. scope is 'stem_only' or 'all', got {ow_scope!r}")
+        self.ow_penalty = OWPenalty(ow_beta) if use_ow else None
+        self.ow_scope = ow_scope
 
     def forward(self, model, outputs, labels, epoch, fixbase=False):
         """``outputs``: the model's train-mode tuple; ``epoch``: the 0-based main epoch."""
@@ -53,7 +58,7 @@ class ABDLoss(nn.Module):
                                                    for f in triplet_features) / len(triplet_features)
         if not fixbase:
             if self.ow_penalty is not None:
-                terms["ow"] = self.ow_penalty(model)
+                terms["ow"] = self.ow_penalty(model.orthogonality_convs(self.ow_scope))
             if self.of_penalty is not None and epoch >= self.of_start_epoch:
                 terms["of"] = self.of_penalty(feature_maps)
         return sum(terms.values()), terms

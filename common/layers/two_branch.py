@@ -1,10 +1,17 @@
-"""ABD-Net's two-branch network frame, which IAB-Net reuses with another backbone and shallow
-module (``../shared/specs/abdnet.md`` §2.1-§2.3, §2.6, §2.7; ``iabnet.md`` §3.3).
+"""The two-branch network frame of ABD-Net (Chen et al., ICCV 2019), which IAB-Net reuses with
+another backbone and shallow module (``../shared/specs/abdnet.md`` §2.1-§2.3, §2.6, §2.7;
+``iabnet.md`` §3.3).
 
 A :class:`TwoBranchNet` has ``common_branch`` (the shared trunk) and ``branches``, a ModuleList of
-two ``Sequential(DeepStage, head)``: :class:`GlobalBranch` first, then :class:`ABDBranch` (IAB-Net's
-"CASA" branch). The originals ordered the two by iterating a ``frozenset``, so a checkpoint may
-hold them either way round; :func:`remap_branch_order` puts its keys in this order.
+two ``Sequential(DeepStage, head)``: :class:`GlobalBranch` first, then :class:`AttentiveBranch`
+(ABD-Net's "ABD" branch, IAB-Net's "CASA" branch). The originals ordered the two by iterating a
+``frozenset``, so a checkpoint may hold them either way round; :func:`remap_branch_order` puts
+its keys in this order.
+
+The frame also states what its training recipe needs from it: :data:`HEAD_MODULES` (the modules
+trained in the frozen-backbone warm-up), :data:`CLASSIFIER_KEY` (the key that counts the classes),
+:meth:`TwoBranchNet.orthogonality_convs` (the convs an O.W. penalty reads) and
+:func:`attention_taps` (its attention maps, for figures).
 """
 
 from __future__ import annotations
@@ -16,10 +23,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from common.checkpoint import strip_parallel_prefix
+from common.eval.attention import AttentionTap, activation_map, stripes_stacked
 from common.layers.danet import CAM, PAM, DANetHead
 
-__all__ = ["ABDBranch", "CommonBranch", "DeepStage", "GlobalBranch", "TwoBranchNet", "init_head",
-           "remap_branch_order"]
+__all__ = ["AttentiveBranch", "CLASSIFIER_KEY", "CommonBranch", "DeepStage", "GlobalBranch",
+           "HEAD_MODULES", "TwoBranchNet", "attention_taps", "init_head", "remap_branch_order"]
+
+# A module whose name contains one of these is a head or an attention module: it trains in the
+# frozen-backbone warm-up (abdnet.md §4.3).
+HEAD_MODULES = ("classifier", "fc", "reduction", "cam_module", "pam_module", "sum_conv",
+                "before_module")
+# The global classifier: its rows are the training identities.
+CLASSIFIER_KEY = "branches.0.1.classifier.weight"
 
 
 class DeepStage(nn.Module):
@@ -50,16 +65,24 @@ class GlobalBranch(nn.Module):
         return [feature], [self.classifier(feature)], [feature], {}
 
 
-class ABDBranch(nn.Module):
+class AttentiveBranch(nn.Module):
     """The attentive branch (§2.3): reduction, ``num_parts`` horizontal stripes, and on each the
-    sum of three DANet heads (identity, CAM, PAM) through ``sum_conv``, then GAP."""
+    sum of three DANet heads (identity, CAM, PAM) through ``sum_conv``, then GAP.
+
+    Args:
+        num_classes: training identities (one classifier per stripe).
+        dim: the reduced channel count (``--abd-dim``).
+        num_parts: horizontal stripes (``--abd-np``).
+        dan: the attention heads, a subset of ``("cam", "pam")`` (``--abd-dan``); ``()`` for none.
+        cam_softmax: ``"code"`` (softmax(-E), released) or ``"paper"`` (softmax(+E)), §2.4.
+    """
 
     def __init__(self, num_classes, dim=1024, num_parts=2, dan=("cam", "pam"),
                  cam_softmax="code"):
         super().__init__()
         unknown = set(dan) - {"cam", "pam"}
         if unknown:
-            raise ValueError(f"abd_dan takes 'cam' and/or 'pam', got {sorted(unknown)}")
+            raise ValueError(f"the attention heads are 'cam' and/or 'pam', got {sorted(unknown)}")
         self.num_parts, self.dan = num_parts, tuple(dan)
         self.reduction = nn.Sequential(nn.Conv2d(2048, dim, 1, bias=False), nn.BatchNorm2d(dim),
                                        nn.ReLU())
@@ -73,8 +96,8 @@ class ABDBranch(nn.Module):
     def forward(self, x):
         reduced = self.reduction(x)
         if not torch.jit.is_tracing() and reduced.shape[2] % self.num_parts:
-            raise ValueError(f"the feature map height {reduced.shape[2]} is not divisible by "
-                             f"abd_np={self.num_parts}; choose --height accordingly")
+            raise ValueError(f"the feature map height {reduced.shape[2]} does not split into "
+                             f"{self.num_parts} stripes; choose the input height accordingly")
         maps = {"before": [], "cam": [], "pam": [], "after": []}
         features, logits = [], []
         for part, classifier in zip(reduced.chunk(self.num_parts, dim=2), self.classifiers):
@@ -135,25 +158,46 @@ class TwoBranchNet(nn.Module):
     """The shared trunk, then the global and the attentive branch, each on its own copy of
     layer4 (abdnet.md §2.1-§2.3, §2.7).
 
-    Forward returns ``(predict, logits, triplet_features, feature_maps)`` in training mode and
-    the ``predict`` vector (global, then the parts top to bottom) in eval mode.
+    Forward: (B, 3, H, W) -> ``(predict, logits, triplet_features, feature_maps)`` in training
+    mode and the ``predict`` vector (B, global_dim + num_parts * part_dim: global, then the
+    parts top to bottom) in eval mode.
 
     Args:
         resnet: the backbone with ``conv1`` ... ``layer4`` (its layer4 is copied per branch).
         shallow: the module after layer1 (``nn.Identity()`` for none).
-        num_classes, abd_dan, abd_np, global_dim, abd_dim, dropout, cam_softmax: the heads'.
+        num_classes: training identities.
+        dan, num_parts, part_dim, cam_softmax: the attentive branch's (:class:`AttentiveBranch`).
+        global_dim, dropout: the global branch's (:class:`GlobalBranch`).
     """
 
-    def __init__(self, resnet, shallow, num_classes, abd_dan=("cam", "pam"), abd_np=2,
-                 global_dim=1024, abd_dim=1024, dropout=0.5, cam_softmax="code"):
+    def __init__(self, resnet, shallow, num_classes, dan=("cam", "pam"), num_parts=2,
+                 global_dim=1024, part_dim=1024, dropout=0.5, cam_softmax="code"):
         super().__init__()
         self.common_branch = CommonBranch(resnet, shallow)
         global_head = GlobalBranch(num_classes, global_dim, dropout)
-        abd_head = ABDBranch(num_classes, abd_dim, abd_np, abd_dan, cam_softmax)
+        attentive_head = AttentiveBranch(num_classes, part_dim, num_parts, dan, cam_softmax)
         init_head(global_head)
-        init_head(abd_head)
+        init_head(attentive_head)
         self.branches = nn.ModuleList([nn.Sequential(DeepStage(resnet.layer4), global_head),
-                                       nn.Sequential(DeepStage(resnet.layer4), abd_head)])
+                                       nn.Sequential(DeepStage(resnet.layer4), attentive_head)])
+
+    @property
+    def attentive_branch(self):
+        """The attentive branch's head (``branches.1.1``)."""
+        return self.branches[1][1]
+
+    def orthogonality_convs(self, scope="stem_only"):
+        """The convs an O.W. penalty reads (abdnet.md §3.4): the stem conv only
+        (``"stem_only"``, what the released code's layer collector reaches) or every conv of
+        the trunk and of both layer4 copies (``"all"``, the paper)."""
+        if scope == "stem_only":
+            return [self.common_branch.backbone1[0]]
+        if scope != "all":
+            raise ValueError(f"the O.W. scope is 'stem_only' or 'all', got {scope!r}")
+        trunk = [self.common_branch.backbone1, self.common_branch.backbone2,
+                 *(branch[0] for branch in self.branches)]
+        return [layer for part in trunk for layer in part.modules()
+                if isinstance(layer, nn.Conv2d)]
 
     def forward(self, x):
         shared, intermediate = self.common_branch(x)
@@ -192,3 +236,20 @@ def remap_branch_order(state_dict):
             parts[1] = target[parts[1]]
         remapped[".".join(parts)] = value
     return remapped
+
+
+def _stacked_activation(outputs):
+    return activation_map(stripes_stacked(outputs))
+
+
+def attention_taps(network):
+    """The attentive branch's taps of a :class:`TwoBranchNet` (read by forward hooks,
+    :mod:`common.eval.attention`): ``cam`` / ``pam``, the activation maps of its CAM / PAM head
+    (conv5c -> attention -> conv52 -> conv7), run once per horizontal stripe and stacked back top
+    first: (N, 1, H/16, W/16) at last stride 1 (H/32, W/32 at stride 2), unit L2 norm; only the
+    heads the branch has (abdnet.md §2.3-§2.5)."""
+    return [AttentionTap(name, (f"branches.1.1.{name}_module",), _stacked_activation,
+                         (name.upper(),),
+                         description=f"activation map of the attentive branch's {name.upper()} "
+                                     f"head, stripes stacked")
+            for name in ("cam", "pam") if name in network.attentive_branch.dan]

@@ -1,11 +1,10 @@
 """O.F. and O.W. (abdnet.md §3.3, §3.4) on matrices whose estimates are exact."""
 
-from types import SimpleNamespace
 
 import pytest
 import torch
 
-from abdnet.regularizers import (OFPenalty, OWPenalty, estimate_eigenvalue_range,
+from common.layers.orthogonality import (OFPenalty, OWPenalty, estimate_eigenvalue_range,
                                  rayleigh_after_one_step)
 
 
@@ -50,7 +49,5 @@ def test_ow_penalty_is_squared_and_skips_single_output_layers():
     conv = torch.nn.Conv2d(1, 2, kernel_size=(1, 2), bias=False)
     with torch.no_grad():
         conv.weight.copy_(torch.tensor([1.0, 2.0]).reshape(1, 1, 1, 2).expand(2, 1, 1, 2))
-    fake = SimpleNamespace(common_branch=SimpleNamespace(backbone1=[conv]))
-    assert OWPenalty(beta=1e-3)(fake).item() == pytest.approx(10 * 1e-3 * (2 * 5.0) ** 2, rel=1e-5)
-    single = SimpleNamespace(common_branch=SimpleNamespace(backbone1=[torch.nn.Conv2d(3, 1, 1)]))
-    assert OWPenalty()(single) == 0.0
+    assert OWPenalty(beta=1e-3)([conv]).item() == pytest.approx(10 * 1e-3 * (2 * 5.0) ** 2, rel=1e-5)
+    assert OWPenalty()([torch.nn.Conv2d(3, 1, 1)]) == 0.0
