@@ -57,9 +57,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from bench import runtimes
-from bench.compile_speed import parity
 from bench.models import (BENCH_METHODS, BenchModelError, load_method_model, parse_model_options,
                           trained_settings)
+from bench.parity import parity
 from common.data.dataset import DatasetError, Sample, list_images
 from common.data.datasets import load_cuhk01, load_market1501
 from common.data.images import ImageDataset
