@@ -52,11 +52,11 @@ import warnings
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench import runtimes
+from bench import export, runtimes
 from bench.models import BENCH_METHODS, BenchModelError, load_method_model, parse_model_options
+from bench.parity import parity
 from bench.runtimes import Unavailable
 from common.files import atomic_write
 
@@ -65,8 +65,6 @@ SCHEMA_VERSION = 2  # 2: thread settings, interleaved min/median seconds, ratios
 QUICK = {"sweep": (1, 4), "rounds": 3, "parity": (2, 6), "threads": (None, 1)}
 FULL = {"sweep": (1, 8, 32, 64, 128, 256), "rounds": 10, "parity": (16, 64), "threads": (None, 1)}
 SLOW_ON_CPU = {"torch.compile", "aot_inductor"}
-FP32_TOLERANCE = 1e-3  # max |difference| / max |eager feature| (FastReID's rtol)
-LOW_PRECISION_COSINE = 0.999
 INT8_GATE = "accuracy on real images with trained weights: python -m bench.export --int8"
 
 
@@ -265,25 +263,6 @@ def _copy(model):
 
 
 # ---- parity and timing ----
-
-def parity(reference, features, dtype):
-    """max |diff| / max |reference|, min cosine, mean top-10 overlap; and whether it passes."""
-    queries, gallery = reference
-    q, g = features
-    diff = max((q - queries).abs().max().item(), (g - gallery).abs().max().item())
-    scale = max(queries.abs().max().item(), gallery.abs().max().item(), 1e-12)
-    cosine = min(F.cosine_similarity(q, queries).min().item(),
-                 F.cosine_similarity(g, gallery).min().item())
-    k = min(10, gallery.shape[0])
-    top_ref = (F.normalize(queries) @ F.normalize(gallery).T).topk(k).indices
-    top = (F.normalize(q) @ F.normalize(g).T).topk(k).indices
-    overlap = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(top_ref, top))
-    agreement = overlap / (k * len(top))
-    passed = (cosine >= LOW_PRECISION_COSINE and agreement >= 0.9) if dtype != torch.float32 \
-        else diff / scale <= FP32_TOLERANCE
-    return {"max_abs_diff_relative": diff / scale, "min_cosine": cosine,
-            "top10_agreement": agreement, "passed": passed}
-
 
 def _sync(device):
     if device.type == "cuda":
@@ -528,7 +507,6 @@ def parse_checkpoints(items):
 
 
 def main(argv=None):
-    from bench import export  # here: bench.export imports this module's parity
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="+", default=list(BENCH_METHODS),
                         choices=list(BENCH_METHODS))

@@ -30,9 +30,10 @@ their scale is not written and the command fails.
 ``model_int8.onnx``) and OpenVINO (NNCF -> ``model_int8.xml``) file, calibrated on up to 64
 images of ``--calibration DIR`` (drawn with a fixed seed). An INT8 file is kept only when its
 rank-1 and mAP on ``--evaluation DIR`` (a Market-1501 layout with ``query/`` and
-``bounding_box_test/``, or CUHK01's ``campus/``, whose last 100 identities are then the test
-set) are within ``--int8-tolerance`` points (default 1) of its FP32 file's; both are printed.
-Use calibration images of other identities than the evaluation's.
+``bounding_box_test/``, or CUHK01's ``campus/``, whose test set is then 100 identities drawn by
+``load_cuhk01``'s seeded split 0, not the 100 highest numbers) are within ``--int8-tolerance``
+points (default 1) of its FP32 file's; both are printed. Use calibration images of other
+identities than the evaluation's, and weights not trained on the evaluation's identities.
 
 ``deploy.json`` records the method, the weights, the input (size, resize interpolation, RGB in
 [0, 1], ImageNet mean/std, which the files do not apply), the feature dimension, how the
@@ -57,9 +58,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from bench import runtimes
-from bench.compile_speed import parity
 from bench.models import (BENCH_METHODS, BenchModelError, load_method_model, parse_model_options,
                           trained_settings)
+from bench.parity import parity
 from common.data.dataset import DatasetError, Sample, list_images
 from common.data.datasets import load_cuhk01, load_market1501
 from common.data.images import ImageDataset
@@ -162,7 +163,8 @@ def calibration_images(folder, size, interpolation):
 
 
 def _evaluation_set(folder):
-    """(query, gallery) samples of a Market-1501 layout or of CUHK01 (its last 100 ids)."""
+    """(query, gallery) samples of a Market-1501 layout or of CUHK01 (the 100 test identities of
+    ``load_cuhk01`` split 0 with all other identities as its train set: a seeded draw)."""
     folder = Path(folder)
     try:
         if (folder / "query").is_dir():

@@ -86,9 +86,21 @@ def onnxruntime_runner(path, threads=None):
 
 
 def onnx_to_openvino(onnx_path, xml_path):
-    """Converts ``onnx_path`` to OpenVINO IR ``xml_path`` (and its ``.bin``), weights in FP32."""
+    """Converts ``onnx_path`` to OpenVINO IR ``xml_path`` (and its ``.bin``), weights in FP32.
+
+    The ONNX file is read with ``Core.read_model`` (OpenVINO's ONNX frontend, op for op), not
+    ``openvino.convert_model``: the latter's offline transformations fuse IAUnet's channel
+    interaction, softmax(G Gᵀ) G with G the (B, C, H W) view of a (B, C, H, W) map, into a
+    ``ScaledDotProductAttention`` and then drop the reshapes around it, leaving an SDPA on the
+    4-D map, i.e. attention among the H rows of each channel's H x W map: another function
+    (OpenVINO 2026.4.1, IAUnet's IAU3 block: 0.4-0.7 of the features' scale once the block's
+    zero-initialised output BatchNorms have moved, as training moves them; the likely cause of
+    the 3e-3 seen after one epoch). The CPU
+    plugin applies its own fusions when it compiles the IR; on IAUnet that gives eager's features
+    (1.5e-6 of their scale at 256x128)."""
     ov = require("openvino")
-    ov.save_model(ov.convert_model(str(onnx_path)), str(xml_path), compress_to_fp16=False)
+    model = openvino_core().read_model(str(onnx_path))
+    ov.save_model(model, str(xml_path), compress_to_fp16=False)
 
 
 @functools.cache
