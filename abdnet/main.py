@@ -57,13 +57,13 @@ def build_parser():
                                        add_architecture_flags)
 
 
-def model_options(args, feature_stride=FEATURE_STRIDE):
+def model_options(args):
     """``build_model`` keyword arguments for ``args``.
 
     Raises ValueError for the original's variants that the paper does not use and that are not
     built here (other archs, the ``np`` / ``dan`` branches, head-less or max-pooled heads), and
-    for an input height whose layer4 map (height / ``feature_stride`` rows) does not split into
-    ``--abd-np`` stripes.
+    for an input height whose layer4 map (height / 16 rows) does not split into ``--abd-np``
+    stripes.
     """
     unsupported = []
     if args.arch != "resnet50":
@@ -77,10 +77,10 @@ def model_options(args, feature_stride=FEATURE_STRIDE):
         raise ValueError(f"{', '.join(unsupported)}: only the paper's model is built here "
                          f"(--arch resnet50 --branches global abd, average-pooled heads); the "
                          f"original's other variants were not used for its results")
-    if math.ceil(args.height / feature_stride) % args.abd_np:
-        raise ValueError(f"--height {args.height}: the layer4 map (height / {feature_stride} rows) "
+    if math.ceil(args.height / FEATURE_STRIDE) % args.abd_np:
+        raise ValueError(f"--height {args.height}: the layer4 map (height / {FEATURE_STRIDE} rows) "
                          f"does not split into --abd-np {args.abd_np} stripes; use a multiple "
-                         f"of {feature_stride * args.abd_np}")
+                         f"of {FEATURE_STRIDE * args.abd_np}")
     return {"shallow_cam": args.shallow_cam, "abd_dan": tuple(args.abd_dan),
             "abd_np": args.abd_np, "global_dim": args.global_dim, "abd_dim": args.abd_dim,
             "dropout": args.dropout, "cam_softmax": args.cam_softmax,
