@@ -3,14 +3,32 @@ listings of the original code's state_dicts (tests/<method>/original_state_dict*
 2-process torchrun of a method's main.py."""
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
+# The slow CLI tests write full-size ResNet-50 checkpoints: up to about 2 GiB in one test's folder.
+SLOW_TESTS_FREE_GIB = 4
+
+
+def pytest_collection_finish(session):
+    """Stops a run that selects slow tests, with one line saying why, when the temporary folder's
+    disk has less than SLOW_TESTS_FREE_GIB free (otherwise they fail midway with ENOSPC)."""
+    if not any(item.get_closest_marker("slow") for item in session.items):
+        return
+    folder = Path(session.config.option.basetemp or tempfile.gettempdir()).resolve()
+    existing = next(path for path in (folder, *folder.parents) if path.exists())
+    free_gib = shutil.disk_usage(existing).free / 2**30
+    if free_gib < SLOW_TESTS_FREE_GIB:
+        pytest.exit(f"only {free_gib:.1f} GiB free under {folder}; the slow tests write full-size "
+                    f"checkpoints and need {SLOW_TESTS_FREE_GIB} GiB: free space there or point "
+                    f"TMPDIR (or --basetemp) at a bigger disk", returncode=1)
 
 
 def shared_data(relative):
