@@ -58,8 +58,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from bench import runtimes
-from bench.models import (BENCH_METHODS, BenchModelError, load_method_model, parse_model_options,
-                          trained_settings)
+from bench.models import BENCH_METHODS, BenchModelError, load_for_inference, parse_model_options
 from bench.parity import parity
 from common.data.dataset import DatasetError, Sample, list_images
 from common.data.datasets import load_cuhk01, load_market1501
@@ -67,6 +66,7 @@ from common.data.images import ImageDataset
 from common.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_test_transform
 from common.eval import evaluate_features, extract_features
 from common.files import atomic_write
+from common.runtime import user_error_message
 
 __all__ = ["DEPLOY_FILE", "FORMATS", "INT8_FILES", "ExportError", "accuracy", "calibration_images",
            "export_method", "load_file"]
@@ -234,12 +234,11 @@ def export_method(name, out_dir, checkpoint=None, size=None, device="cpu", optio
         raise ExportError("--int8 needs --evaluation DIR (real query/gallery images) for its "
                           "accuracy gate, e.g. ../shared/data/market1501_mini")
     method = BENCH_METHODS[name]
-    size, options = trained_settings(name, checkpoint, size, options)
+    model, size, options = load_for_inference(name, checkpoint, size, options, device)
     int8_inputs = None
     if calibration is not None:
         int8_inputs = (calibration_images(calibration, size, method.retrieval.interpolation),
                        _evaluation_set(evaluation))
-    model = load_method_model(name, checkpoint, options).to(device)
     generator = torch.Generator().manual_seed(0)
     batches = [torch.randn(n, 3, *size, generator=generator).to(device) for n in PARITY_IMAGES]
     reference = _run(model, batches)
@@ -356,7 +355,7 @@ def main(argv=None):
                                args.calibration if args.int8 else None, args.evaluation,
                                args.int8_tolerance, log=print)
     except (BenchModelError, ExportError, runtimes.Unavailable) as err:
-        sys.exit(f"bench.export: error: {err}")
+        sys.exit(f"bench.export: error: {user_error_message(err)}")
     for file_name, entry in record["files"].items():
         print(f"{args.out / file_name}: {entry['format']} {entry['precision']}, max difference "
               f"{entry['parity']['max_abs_diff_relative']:.1e} of eager's scale, min cosine "

@@ -39,13 +39,14 @@ from torch.utils.data import DataLoader
 
 from bench.export import DEPLOY_FILE, load_file
 from bench.runtimes import Unavailable
-from bench.models import (BENCH_METHODS, BenchModelError, Retrieval, load_method_model,
-                          parse_model_options, trained_settings)
+from bench.models import (BENCH_METHODS, BenchModelError, Retrieval, load_for_inference,
+                          parse_model_options)
 from common.data.dataset import IMAGE_EXTENSIONS, DatasetError, Sample, list_images
 from common.data.images import ImageDataset
 from common.data.transforms import build_test_transform
 from common.eval import NonFiniteFeaturesError, extract_features
 from common.files import atomic_write
+from common.runtime import user_error_message
 
 __all__ = ["CPU_BATCH", "ExtractError", "Extractor", "extract_folder", "extract_samples",
            "load_eager", "load_exported", "suited_batch_size"]
@@ -126,10 +127,8 @@ def suited_batch_size(extractor, device="cpu"):
 def load_eager(method, checkpoint=None, size=None, device="cpu", options=None):
     """Method ``method``'s network in PyTorch (fresh weights or ``checkpoint``'s), built with
     ``options`` (``bench.models.load_method_model``)."""
-    spec = BENCH_METHODS[method]
-    (height, width), options = trained_settings(method, checkpoint, size, options)
-    network = load_method_model(method, checkpoint, options).to(device)
-    return Extractor(network, method, height, width, spec.retrieval)
+    network, (height, width), _ = load_for_inference(method, checkpoint, size, options, device)
+    return Extractor(network, method, height, width, BENCH_METHODS[method].retrieval)
 
 
 def image_paths(source):
@@ -217,7 +216,7 @@ def main(argv=None):
         features, paths = extract_folder(extractor, args.images, batch_size, args.device,
                                          args.workers)
     except (BenchModelError, DatasetError, ExtractError) as err:
-        sys.exit(f"bench.extract: error: {err}")
+        sys.exit(f"bench.extract: error: {user_error_message(err)}")
     except NonFiniteFeaturesError as err:
         weights = args.exported or args.checkpoint or "fresh weights"
         sys.exit(f"bench.extract: error: {err} (weights: {weights}); nothing was written")

@@ -14,12 +14,14 @@ import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from common.checkpoint import CheckpointError
 from common.eval import Retrieval
 from common.runrecord import find_run_record
 
-__all__ = ["BENCH_METHODS", "BenchMethod", "BenchModelError", "Retrieval", "load_method_model",
-           "parse_model_options", "trained_settings"]
+__all__ = ["BENCH_METHODS", "BenchMethod", "BenchModelError", "Retrieval", "load_for_inference",
+           "load_method_model", "parse_model_options", "trained_settings"]
 
 
 class BenchModelError(ValueError):
@@ -60,13 +62,45 @@ BENCH_METHODS = {name: _bench_method(name)
 def trained_settings(name, checkpoint=None, size=None, options=None):
     """``(input size, build_model options)`` to use for ``checkpoint``: those given, else the
     ones its training run recorded in ``run.json`` (:mod:`common.runrecord`), else the README's.
-    A record of another method is ignored."""
+    A record of another method is ignored.
+
+    Raises:
+        BenchModelError: ``size`` differs from the recorded training size (features of a
+            network fed another size than it learnt are not its features).
+    """
     size, options = (tuple(size) if size else None), dict(options or {})
-    _, record = find_run_record(checkpoint)
+    record_path, record = find_run_record(checkpoint)
     if record is not None and record.get("method") == name:
-        size = size or tuple(record["input_size"])
+        recorded = tuple(record["input_size"])
+        if size is not None and size != recorded:
+            raise BenchModelError(f"--size {size[0]} {size[1]} but {checkpoint} was trained at "
+                                  f"{recorded[0]}x{recorded[1]} ({record_path}); drop --size to "
+                                  f"use it, or pass --size {recorded[0]} {recorded[1]}")
+        size = recorded
         options = options or dict(record["model_options"])
     return size or BENCH_METHODS[name].input_size, options
+
+
+def load_for_inference(name, checkpoint=None, size=None, options=None, device="cpu"):
+    """``(network, (height, width), options)``: :func:`trained_settings`, then
+    :func:`load_method_model` on ``device``, then one forward pass of a blank image at that size.
+
+    Raises:
+        BenchModelError: as those two, or the network does not take inputs of that size (e.g. a
+            height whose feature map does not split into the method's stripes).
+    """
+    size, options = trained_settings(name, checkpoint, size, options)
+    network = load_method_model(name, checkpoint, options).to(device)
+    try:
+        with torch.no_grad():
+            network(torch.zeros(1, 3, *size, device=device))
+    except (ValueError, RuntimeError) as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise BenchModelError(f"the {name} network does not take {size[0]}x{size[1]} inputs "
+                              f"({reason}); use its training size, {name}'s README gives "
+                              f"{BENCH_METHODS[name].input_size[0]}x"
+                              f"{BENCH_METHODS[name].input_size[1]}") from None
+    return network, size, options
 
 
 def load_method_model(name, checkpoint=None, options=None):

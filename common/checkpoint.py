@@ -200,9 +200,11 @@ def load_checkpoint(path, map_location="cpu"):
                 f"{refused[0]} If the file is yours, re-save only its state_dict.") from None
         raise CheckpointError(f"checkpoint {path} is not a torch checkpoint (corrupt or another "
                               f"format)") from None
-    except (RuntimeError, EOFError, ValueError) as err:
-        raise CheckpointError(f"checkpoint {path} is not a torch checkpoint (corrupt, truncated "
-                              f"or another format: {str(err).splitlines()[0]})") from None
+    except Exception as err:  # any other failure to unpickle: an empty, cut or foreign file
+        reason = ": ".join([type(err).__name__, *str(err).strip().splitlines()[:1]])
+        size = path.stat().st_size
+        raise CheckpointError(f"checkpoint {path} ({size} bytes) is not a torch checkpoint "
+                              f"(empty, truncated or another format: {reason})") from None
 
 
 def resume_from(path, model, optimizer=None, scheduler=None, scaler=None, map_location="cpu",

@@ -31,7 +31,7 @@ __all__ = ["Distributed", "OptionError", "RunInterrupted", "TrainingDiverged", "
            "add_runtime_flags", "autocast", "close_distributed", "distributed_session",
            "exit_on_user_error", "grad_scaler", "init_distributed", "is_main_process",
            "optimizer_by_name", "optimizer_step", "seed_everything", "select_device",
-           "setup_logging", "step_scheduler"]
+           "setup_logging", "step_scheduler", "user_error_message"]
 
 
 class OptionError(ValueError):
@@ -61,10 +61,22 @@ def exit_on_user_error(program):
     try:
         yield
     except USER_ERRORS as err:
-        sys.exit(f"{program}: error: {err}")
+        sys.exit(f"{program}: error: {user_error_message(err)}")
     except (RunInterrupted, KeyboardInterrupt) as err:
         print(f"{program}: {err or 'interrupted'}", file=sys.stderr, flush=True)
         sys.exit(130)
+
+
+def user_error_message(err):
+    """The message of ``err`` for the user. An error raised in a DataLoader worker reaches the
+    main process with the worker's whole traceback in its message ("Caught DatasetError in
+    DataLoader worker process 0. Original Traceback ..."); only the original message is kept."""
+    message = str(err)
+    if message.startswith("Caught ") and "Original Traceback" in message:
+        marker = f"{type(err).__name__}: "
+        message = message[message.rfind(marker) + len(marker):] if marker in message else \
+            message.strip().splitlines()[-1]
+    return message.strip()
 
 
 def step_scheduler(scheduler, steps=1):
@@ -94,14 +106,20 @@ def optimizer_by_name(name, params, flag="--optim", **options):
         options: the constructor's keyword arguments (lr, weight_decay, momentum, betas, ...).
 
     Raises:
-        OptionError: ``name`` is not one of :data:`OPTIMIZERS`.
+        OptionError: ``name`` is not one of :data:`OPTIMIZERS`, or torch refuses a value
+            (a negative learning rate, weight decay or momentum).
     """
     key = str(name).lower()
     if key not in OPTIMIZERS:
         raise OptionError(f"{flag} {name!r}: choose one of {', '.join(sorted(OPTIMIZERS))}")
     if key == "amsgrad":
         options = {**options, "amsgrad": True}
-    return getattr(torch.optim, OPTIMIZERS[key])(params, **options)
+    try:
+        return getattr(torch.optim, OPTIMIZERS[key])(params, **options)
+    except ValueError as err:
+        given = ", ".join(f"{k} {v}" for k, v in options.items() if k != "amsgrad")
+        raise OptionError(f"{flag} {name}: {err} (given {given}); learning rate, weight decay "
+                          f"and momentum must be >= 0") from None
 
 
 def add_runtime_flags(group, separator="-"):

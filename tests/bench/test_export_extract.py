@@ -16,6 +16,7 @@ from bench.extract import main as extract_main
 from bench.models import load_method_model
 from common.data.synthetic import SyntheticConfig, generate
 from common.eval import compute_distance_matrix, evaluate_rank
+from common.runrecord import write_run_record
 from lagnet.main import main as lagnet_main
 
 SIZE = (64, 32)
@@ -132,6 +133,24 @@ def test_bad_inputs_are_named(tmp_path, capsys):
         extract_main([str(tmp_path), "--exported", str(tmp_path), "--checkpoint", "x.pt",
                       "--out", "f.npz"])
     assert "--checkpoint, --size and --model-option go with --method" in capsys.readouterr().err
+
+
+def test_a_size_the_network_cannot_take_or_was_not_trained_at_is_refused(tmp_path):
+    with pytest.raises(SystemExit, match=r"abdnet network does not take 40x32 inputs \(the "
+                                         r"feature map height 3 does not split into 2 stripes"):
+        export_main(["abdnet", "--size", "40", "32", "--out", str(tmp_path / "x")])
+    assert not (tmp_path / "x").exists()
+    weights = tmp_path / "run" / "model_best.pt"
+    weights.parent.mkdir()
+    torch.save(load_method_model("lagnet").state_dict(), weights)
+    write_run_record(weights.parent, "lagnet", SIZE, "bicubic")
+    with pytest.raises(SystemExit, match=r"--size 128 64 but .*model_best.pt was trained at 64x32 "
+                                         r"\(.*run.json\); drop --size"):
+        export_main(["lagnet", "--checkpoint", str(weights), "--size", "128", "64", "--out",
+                     str(tmp_path / "y")])
+    with pytest.raises(SystemExit, match="was trained at 64x32"):
+        extract_main([str(tmp_path), "--method", "lagnet", "--checkpoint", str(weights),
+                      "--size", "128", "64", "--out", str(tmp_path / "f.npz")])
 
 
 def _abdnet_style_evaluate(main, arch_flags):

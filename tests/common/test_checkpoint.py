@@ -119,7 +119,11 @@ def test_corrupt_truncated_and_missing_files_are_named_as_such(tmp_path):
     truncated.write_bytes(legacy.read_bytes()[:100])
     random_bytes = tmp_path / "random.pt"
     random_bytes.write_bytes(np.random.default_rng(0).bytes(4096))
-    for path in (truncated, random_bytes):
+    empty = tmp_path / "empty.pt"
+    empty.touch()
+    text = tmp_path / "notes.pt"
+    text.write_text("hello world\n")
+    for path in (truncated, random_bytes, empty, text):
         with pytest.raises(CheckpointError, match="is not a torch checkpoint") as error:
             load_checkpoint(path)
         assert "weights_only" not in str(error.value) and "trust" not in str(error.value)

@@ -11,7 +11,8 @@ import torch
 from common.history import LossMeter
 from common.runtime import (OptionError, autocast, grad_scaler, init_distributed,
                             optimizer_by_name, optimizer_step, seed_everything, select_device,
-                            setup_logging)
+                            setup_logging, user_error_message)
+from common.data.dataset import DatasetError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -86,3 +87,29 @@ def test_optimizer_by_name_spells_the_four_clis_names(name, cls, amsgrad):
 def test_an_unknown_optimizer_names_the_flag_and_the_choices():
     with pytest.raises(OptionError, match=r"--optimizer 'LAMB': choose one of adagrad, adam, "):
         optimizer_by_name("LAMB", [torch.nn.Parameter(torch.zeros(1))], flag="--optimizer")
+
+
+def test_a_refused_optimizer_value_is_an_option_error():
+    with pytest.raises(OptionError, match=r"--optim adam: Invalid learning rate: -1.0 \(given "
+                                          r"lr -1.0, weight_decay 0.0005\)"):
+        optimizer_by_name("adam", [torch.nn.Parameter(torch.zeros(1))], lr=-1.0,
+                          weight_decay=5e-4)
+
+
+class _UnreadableImages(torch.utils.data.Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        raise DatasetError(f"image {index}.jpg cannot be read: cannot identify image file")
+
+
+def test_an_error_in_a_loader_worker_keeps_only_its_own_message():
+    loader = torch.utils.data.DataLoader(_UnreadableImages(), num_workers=1)
+    with pytest.raises(DatasetError) as caught:
+        next(iter(loader))
+    assert "Original Traceback" in str(caught.value)
+    assert user_error_message(caught.value) == ("image 0.jpg cannot be read: cannot identify "
+                                                "image file")
+    plain = DatasetError("folder x holds no image")
+    assert user_error_message(plain) == "folder x holds no image"
