@@ -172,12 +172,13 @@ def config_value(cfg, key):
     return cfg[section][name]
 
 
-def with_recorded_keys(cfg, config_file, overrides):
-    """For ``--test``: :data:`RECORDED_KEYS` that the command line does not set are taken from
-    the ``run.json`` of the run that wrote ``TEST.WEIGHT``; one set differently is a
-    :class:`ConfigError`. Returns the configuration to evaluate with."""
+def with_recorded_keys(cfg, config_file, overrides, weights_path):
+    """For ``--test`` and ``--resume``: :data:`RECORDED_KEYS` that the command line does not set
+    are taken from the ``run.json`` beside ``weights_path`` (``TEST.WEIGHT``, or a file in the
+    resumed ``OUTPUT_DIR``); one set differently is a :class:`ConfigError`. Returns the
+    configuration to evaluate or continue with."""
     values = argparse.Namespace(**{key: config_value(cfg, key) for key in RECORDED_KEYS})
-    adopted = adopt_recorded_flags(values, cfg.TEST.WEIGHT, set(overrides[0::2]), RECORDED_KEYS,
+    adopted = adopt_recorded_flags(values, weights_path, set(overrides[0::2]), RECORDED_KEYS,
                                    spell=str, error=ConfigError)
     if not adopted:
         return cfg

@@ -9,9 +9,11 @@ overrides), with ``--test`` for ``tools/test.py`` (``../shared/specs/apnet.md`` 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from apnet.config import load_config, with_recorded_keys
 from apnet.trainer import run
+from common.runrecord import RUN_RECORD, refuse_another_methods_file
 from common.runtime import add_runtime_flags, exit_on_user_error
 
 
@@ -50,8 +52,10 @@ def main(argv=None):
     opts = [*runtime_overrides(args), *args.opts]
     with exit_on_user_error("apnet/main.py"):
         cfg = load_config(args.config_file or None, opts)
-        if args.test:  # the input size and forward-only options the trained run recorded
-            cfg = with_recorded_keys(cfg, args.config_file or None, opts)
+        if args.test or args.resume:  # the input size and forward options the run recorded
+            weights = cfg.TEST.WEIGHT if args.test else Path(cfg.OUTPUT_DIR) / RUN_RECORD
+            refuse_another_methods_file(weights, "apnet", "use {method}/main.py")
+            cfg = with_recorded_keys(cfg, args.config_file or None, opts, weights)
         run(cfg, test_only=args.test, resume=args.resume)
 
 

@@ -37,7 +37,8 @@ from common.engine import Engine, EvalTarget, open_run, refuse_to_overwrite
 from common.files import atomic_write
 from common.losses import CrossEntropyLabelSmooth, TripletLoss
 from common.runrecord import write_run_record
-from common.runtime import OptionError, distributed_session, optimizer_by_name
+from common.runtime import (OptionError, distributed_session, optimizer_by_name,
+                            refuse_counts_below)
 
 __all__ = ["APNetEngine", "DATASET_NAMES", "OptionError", "build_optimizer", "run",
            "warmup_multistep_factor"]
@@ -105,6 +106,11 @@ def check_config(cfg):
     if cfg.DATALOADER.SAMPLER not in ("softmax", "softmax_triplet"):
         raise OptionError(f"DATALOADER.SAMPLER {cfg.DATALOADER.SAMPLER!r}: use softmax or "
                           f"softmax_triplet")
+    refuse_counts_below(1, {"INPUT.SIZE_TRAIN": min(cfg.INPUT.SIZE_TRAIN),
+                            "INPUT.SIZE_TEST": min(cfg.INPUT.SIZE_TEST),
+                            "TEST.IMS_PER_BATCH": cfg.TEST.IMS_PER_BATCH,
+                            "DATALOADER.NUM_INSTANCE": cfg.DATALOADER.NUM_INSTANCE})
+    refuse_counts_below(0, {"DATALOADER.NUM_WORKERS": cfg.DATALOADER.NUM_WORKERS})
     if cfg.SOLVER.IMS_PER_BATCH < 2:
         raise OptionError(f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH}: a training batch of "
                           f"one image cannot train BatchNorm; use 2 or more")

@@ -18,7 +18,7 @@ import torch
 
 from common.checkpoint import CheckpointError
 from common.eval import Retrieval
-from common.runrecord import find_run_record
+from common.runrecord import find_run_record, refuse_another_methods_file
 
 __all__ = ["BENCH_METHODS", "BenchMethod", "BenchModelError", "Retrieval", "load_for_inference",
            "load_method_model", "parse_model_options", "trained_settings"]
@@ -115,11 +115,8 @@ def load_method_model(name, checkpoint=None, options=None):
     method, options = BENCH_METHODS[name], dict(options or {})
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise BenchModelError(f"{name}: checkpoint {checkpoint} does not exist")
-    record_path, record = find_run_record(checkpoint)
-    if record is not None and record.get("method") not in (None, name):
-        raise BenchModelError(f"{checkpoint} was written by a {record['method']} run "
-                              f"({record_path}); give the method {record['method']}, not {name}")
     try:
+        refuse_another_methods_file(checkpoint, name, "give the method {method}")
         if checkpoint is None:
             return method.fresh(options).eval()
         return method.load(Path(checkpoint), options).eval()

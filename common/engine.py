@@ -121,15 +121,24 @@ def resume_file(resume, state_path, evaluating, expected=""):
 
     Raises:
         CheckpointError: ``resume`` is not a file (``expected`` says what to pass instead).
-        OptionError: a new training run (no ``resume``, not ``evaluating``) where
-            ``state_path`` holds one.
+        OptionError: a training run where ``state_path`` holds one, unless it resumes from
+            ``state_path`` itself: a new run, or one resumed from another file (an earlier
+            ``checkpoint_ep<N>``), would overwrite that run's state, history and best weights.
     """
     resume = Path(resume) if resume else None
     if resume is not None and not resume.is_file():
-        raise CheckpointError(f"--resume {resume} does not exist{expected}")
-    if resume is None and not evaluating:
+        what = "is a folder" if resume.is_dir() else "does not exist"
+        raise CheckpointError(f"--resume {resume} {what}{expected}")
+    if evaluating:
+        return resume
+    state_path = Path(state_path)
+    if resume is None:
         refuse_to_overwrite(state_path, f"continue it with --resume {state_path}, or pick "
                                         f"another --save-dir")
+    elif state_path.exists() and resume.resolve() != state_path.resolve():
+        refuse_to_overwrite(state_path, f"resuming from {resume} here would overwrite it: "
+                                        f"continue that run with --resume {state_path}, or "
+                                        f"resume from {resume.name} into another --save-dir")
     return resume
 
 
@@ -397,8 +406,9 @@ class Engine:
                 if self.eval_before_training and not self.history.epochs:
                     self.evaluate_before_training()
                 self.train_loop()
-            except KeyboardInterrupt:
-                raise RunInterrupted(self.interrupted_message()) from None
+            except KeyboardInterrupt as err:
+                raise RunInterrupted(self.interrupted_message(),
+                                     getattr(err, "exit_status", 130)) from None
 
     def train_loop(self):
         """The epochs: train, then evaluate and save as due (a method with phases extends it)."""
@@ -438,13 +448,25 @@ def _folder_size(folder):
     return sum(path.stat().st_size for path in Path(folder).rglob("*") if path.is_file())
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C; the process then exits with status 128 + 15, as a shell
+    reports a terminated program."""
+
+    exit_status = 128 + signal.SIGTERM
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
+
+
 @contextlib.contextmanager
 def _sigterm_as_interrupt():
-    """SIGTERM raises KeyboardInterrupt in the main thread for the block, as Ctrl-C does."""
+    """SIGTERM raises :class:`_Terminated` (a KeyboardInterrupt) in the main thread for the
+    block, so it ends a run as Ctrl-C does."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         yield
     finally:

@@ -5,7 +5,8 @@ resize interpolation, the architecture options that change only the forward pass
 command-line values they came from. Whoever evaluates or deploys a weights file of that folder
 finds it (:func:`find_run_record`) and uses it (:func:`adopt_recorded_flags`): a value the user did
 not give is taken from the record, and one given differently is refused with a one-line reason,
-so a run trained at 64x32 is never silently evaluated at 384x128.
+so a run trained at 64x32 is never silently evaluated, resumed or exported at 384x128, and a file
+of another method's run is named as such (:func:`refuse_another_methods_file`).
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ import logging
 import sys
 from pathlib import Path
 
+from common.checkpoint import CheckpointError
 from common.files import atomic_write
 
-__all__ = ["RUN_RECORD", "adopt_recorded_flags", "explicit_flags", "find_run_record", "parse_command_line",
-           "write_run_record"]
+__all__ = ["RUN_RECORD", "adopt_recorded_flags", "explicit_flags", "find_run_record",
+           "parse_command_line", "refuse_another_methods_file", "write_run_record"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,26 @@ def find_run_record(weights_path):
     return None, None
 
 
+def refuse_another_methods_file(weights_path, method, fix):
+    """Refuses a weights file whose ``run.json`` says another method's run wrote it, before its
+    keys are compared (which would list hundreds of them).
+
+    Args:
+        weights_path: the file to load (None: nothing to check).
+        method: the method folder's name of the caller, e.g. "abdnet".
+        fix: what to do instead, with ``{method}`` standing for the recorded method, e.g.
+            ``"evaluate it with {method}/main.py"``.
+
+    Raises:
+        CheckpointError: naming the file, the recorded method and ``fix``.
+    """
+    record_path, record = find_run_record(weights_path)
+    recorded = (record or {}).get("method")
+    if recorded not in (None, method):
+        raise CheckpointError(f"{weights_path} was written by a {recorded} run ({record_path}), "
+                              f"not {method}; {fix.format(method=recorded)}")
+
+
 def parse_command_line(parser, argv=None):
     """``parser.parse_args(argv)`` plus ``args.explicit``: the destinations given on the command
     line, which a run record may not override (:func:`adopt_recorded_flags`)."""
@@ -86,7 +108,7 @@ def adopt_recorded_flags(target, weights_path, explicit, names, spell, error):
 
     Args:
         target: the object holding the values (argparse namespace), set with ``setattr``.
-        weights_path: the weights file to be evaluated.
+        weights_path: the weights file to be evaluated or resumed from.
         explicit: names the user gave explicitly (:func:`explicit_flags`).
         names: the recorded names to consider.
         spell: name -> how the user writes it (e.g. ``"--height"``), for messages.

@@ -30,8 +30,8 @@ from common.runfolder import FolderInUseError
 __all__ = ["Distributed", "OptionError", "RunInterrupted", "TrainingDiverged", "USER_ERRORS",
            "add_runtime_flags", "autocast", "close_distributed", "distributed_session",
            "exit_on_user_error", "grad_scaler", "init_distributed", "is_main_process",
-           "optimizer_by_name", "optimizer_step", "seed_everything", "select_device",
-           "setup_logging", "step_scheduler", "user_error_message"]
+           "optimizer_by_name", "optimizer_step", "refuse_counts_below", "seed_everything",
+           "select_device", "setup_logging", "step_scheduler", "user_error_message"]
 
 
 class OptionError(ValueError):
@@ -44,7 +44,12 @@ class TrainingDiverged(RuntimeError):
 
 
 class RunInterrupted(RuntimeError):
-    """Ctrl-C or SIGTERM ended a run; the message says what was saved and how to continue."""
+    """Ctrl-C or SIGTERM ended a run; the message says what was saved and how to continue.
+    ``exit_status`` is the program's: 130 for Ctrl-C (SIGINT), 143 for SIGTERM."""
+
+    def __init__(self, message, exit_status=130):
+        super().__init__(message)
+        self.exit_status = exit_status
 
 
 # What the user can fix: options, data, files, weights, folders, a diverging recipe.
@@ -57,14 +62,14 @@ def exit_on_user_error(program):
     """What a ``main.py`` wraps its run in: an error in what the user gave (options, data,
     checkpoints, ImageNet weights, output folder) or a diverged run ends the program with
     ``<program>: error: <message>`` and exit status 1, without a traceback; an interruption
-    (Ctrl-C, SIGTERM) with one line and status 130."""
+    (Ctrl-C, SIGTERM) with one line and status 130 (Ctrl-C) or 143 (SIGTERM)."""
     try:
         yield
     except USER_ERRORS as err:
         sys.exit(f"{program}: error: {user_error_message(err)}")
     except (RunInterrupted, KeyboardInterrupt) as err:
-        print(f"{program}: {err or 'interrupted'}", file=sys.stderr, flush=True)
-        sys.exit(130)
+        print(f"{program}: {str(err) or 'interrupted'}", file=sys.stderr, flush=True)
+        sys.exit(getattr(err, "exit_status", 130))
 
 
 def user_error_message(err):
@@ -77,6 +82,22 @@ def user_error_message(err):
         message = message[message.rfind(marker) + len(marker):] if marker in message else \
             message.strip().splitlines()[-1]
     return message.strip()
+
+
+def refuse_counts_below(minimum, counts):
+    """Refuses a count the user gave below ``minimum`` (an image size, a batch, workers), which
+    would otherwise fail deep inside PIL, a DataLoader or a sampler.
+
+    Args:
+        minimum: the smallest allowed value (1 for sizes and batches, 0 for workers).
+        counts: ``{flag as the user writes it: value}``.
+
+    Raises:
+        OptionError: naming the first flag below ``minimum``.
+    """
+    for flag, value in counts.items():
+        if value < minimum:
+            raise OptionError(f"{flag} {value} must be >= {minimum}")
 
 
 def step_scheduler(scheduler, steps=1):
@@ -132,7 +153,8 @@ def add_runtime_flags(group, separator="-"):
                        help="random initialisation instead of ImageNet weights")
     group.add_argument(f"--pretrained{separator}path", f"--pretrained{other}path", type=str,
                        default=None,
-                       help="ImageNet ResNet-50 weights file (default: the torch hub cache)")
+                       help="ImageNet ResNet-50 weights file; when not given, the torch hub "
+                            "cache")
     group.add_argument("--amp", action="store_true", help="float16 mixed precision on CUDA")
     group.add_argument(f"--eval{separator}before{separator}training",
                        f"--eval{other}before{other}training", action="store_true",

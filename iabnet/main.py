@@ -35,13 +35,15 @@ def add_architecture_flags(parser):
     arch = parser.add_argument_group("architecture")
     arch.add_argument("--compatibility", action="store_true",
                       help="the original also registered the shallow CAM a second time; unused")
-    arch.add_argument("--branches", type=str, nargs="+", default=["global", "abd"])
+    arch.add_argument("--branches", type=str, nargs="+", default=["global", "abd"],
+                      help="only global abd, the paper's, is built here")
     arch.add_argument("--dropout", type=float, default=0.5)
     arch.add_argument("--global-dim", type=int, default=1024)
     arch.add_argument("--global-max-pooling", action="store_true")
     arch.add_argument("--abd-dim", "--iab-dim", type=int, default=1024)
     arch.add_argument("--abd-np", "--iab-np", type=int, default=2)
-    arch.add_argument("--abd-dan", "--iab-dan", type=str, nargs="+", default=[])
+    arch.add_argument("--abd-dan", "--iab-dan", type=str, nargs="+", default=[],
+                      choices=("cam", "pam"))
     arch.add_argument("--abd-dan-no-head", "--iab-dan-no-head", action="store_true")
     arch.add_argument("--shallow-cam", action="store_true")
     arch.add_argument("--np-dim", type=int, default=1024)
@@ -87,6 +89,10 @@ def model_options(args):
         raise ValueError(f"{', '.join(unsupported)}: only the paper's model is built here "
                          f"(--arch resnet50 --branches global abd, average-pooled heads); the "
                          f"code's other variants were not used for its results")
+    if not 0 <= args.dropout < 1:
+        raise ValueError(f"--dropout {args.dropout}: a probability in [0, 1)")
+    if args.abd_np < 1:
+        raise ValueError(f"--abd-np {args.abd_np}: the number of stripes must be >= 1")
     if math.ceil(args.height / FEATURE_STRIDE) % args.abd_np:
         raise ValueError(f"--height {args.height}: the layer4 map (height / {FEATURE_STRIDE} rows) "
                          f"does not split into --abd-np {args.abd_np} stripes; use a multiple "

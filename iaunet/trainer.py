@@ -30,8 +30,9 @@ from common.data.transforms import CIFAR_MEAN, build_test_transform, build_train
 from common.engine import Engine, EvalTarget, open_run, resume_file
 from common.eval import Retrieval
 from common.files import atomic_write
-from common.runrecord import adopt_recorded_flags, write_run_record
-from common.runtime import OptionError, distributed_session, optimizer_by_name, step_scheduler
+from common.runrecord import adopt_recorded_flags, refuse_another_methods_file, write_run_record
+from common.runtime import (OptionError, distributed_session, optimizer_by_name,
+                            refuse_counts_below, step_scheduler)
 from iaunet.loss import DISTANCES, IAUnetLoss
 from iaunet.masks import MaskedImageDataset, find_mask_folder
 from iaunet.model import build_model, load_weights
@@ -146,6 +147,10 @@ def check_options(args):
     video.check_video_options(args)
     if args.arch not in ARCHS:
         raise OptionError(f"-a {args.arch!r}: choose IAUnet or IANet")
+    refuse_counts_below(1, {"--height": args.height, "--width": args.width,
+                            "--train-batch": args.train_batch, "--test-batch": args.test_batch,
+                            "--num-instances": args.num_instances})
+    refuse_counts_below(0, {"-j": args.workers})
     if args.train_batch % args.num_instances:
         raise OptionError(f"--train-batch {args.train_batch} must be a multiple of "
                           f"--num-instances {args.num_instances}")
@@ -169,7 +174,8 @@ def _run(args, context):
     save_dir, distributed = context.folder, context.distributed
     state_path = save_dir / TRAINING_STATE
     resume = resume_file(args.resume, state_path, args.evaluate)
-    if args.evaluate:
+    refuse_another_methods_file(resume, "iaunet", "use {method}/main.py")
+    if resume is not None:  # evaluated or continued at the trained size
         adopt_recorded_flags(args, resume, getattr(args, "explicit", ()), ("height", "width"),
                              lambda name: f"--{name}", OptionError)
     log.info(f"Args: {vars(args)}")

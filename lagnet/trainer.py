@@ -22,8 +22,9 @@ from common.data import ImageDataset, build_dataset
 from common.data.transforms import build_test_transform, build_train_transform
 from common.engine import Engine, EvalTarget, open_run, refuse_to_overwrite
 from common.files import atomic_write
-from common.runrecord import adopt_recorded_flags, write_run_record
-from common.runtime import OptionError, distributed_session, optimizer_by_name
+from common.runrecord import adopt_recorded_flags, refuse_another_methods_file, write_run_record
+from common.runtime import (OptionError, distributed_session, optimizer_by_name,
+                            refuse_counts_below)
 from lagnet.loss import LAGLoss, parse_loss_string
 from lagnet.model import (RETRIEVAL, build_model, load_weights, read_weights,
                           rename_legacy_stream_keys)
@@ -235,6 +236,10 @@ def check_options(args):
         raise OptionError(f"--resume {args.resume}: use -1 (latest), 0 (--pre_train) or N > 0")
     if args.checkpoint_every < 1:
         raise OptionError("--checkpoint_every must be >= 1")
+    refuse_counts_below(1, {"--height": args.height, "--width": args.width,
+                            "--batchid": args.batchid, "--batchimage": args.batchimage,
+                            "--batchtest": args.batchtest})
+    refuse_counts_below(0, {"--nThread": args.nThread})
     if args.batchid * args.batchimage < 2:
         raise OptionError(f"--batchid {args.batchid} --batchimage {args.batchimage}: a training "
                           f"batch of one image cannot train BatchNorm; use 2 or more images")
@@ -280,10 +285,11 @@ def _run(args, context):
         log.warning(f"--resume -1: {folder} has {weights.name} but no {state_path.name}, so only "
                     f"the weights can be restored; training restarts at epoch 1 with a fresh "
                     f"optimizer, schedule and L2 centres")
-    if args.test_only:
-        adopt_recorded_flags(args, weights, getattr(args, "explicit", ()), RECORDED_FLAGS,
-                             lambda name: f"--{name}",
-                             OptionError)
+    source = state_path if full_resume else weights
+    refuse_another_methods_file(source, "lagnet", "use {method}/main.py")
+    if args.test_only or args.resume != 0:  # evaluated or continued as it was trained
+        adopt_recorded_flags(args, source, getattr(args, "explicit", ()), RECORDED_FLAGS,
+                             lambda name: f"--{name}", OptionError)
     dataset, train_loader, query_loader, gallery_loader = load_data(args, distributed)
     log.info(dataset.summary())
     if distributed.is_main:

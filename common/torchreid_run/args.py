@@ -39,8 +39,8 @@ def build_parser(description, add_architecture_flags):
     data.add_argument("--train-sampler", type=str, default="",
                       help="ignored: the identity sampler is used whenever --criterion is htri")
     data.add_argument("--data-augment", type=str, nargs="+", default="crop",
-                      choices=DATA_AUGMENT_CHOICES,
-                      help="space-separated or comma forms; the default applies no augmentation "
+                      choices=DATA_AUGMENT_CHOICES, metavar="STEP",
+                      help=f"{' | '.join(DATA_AUGMENT_CHOICES)}: space-separated or comma forms; the default applies no augmentation "
                            "(the original's quirk, kept)")
     data.add_argument("--seq-len", type=int, default=15, help="video only; unused")
     data.add_argument("--sample-method", type=str, default="evenly", help="video only; unused")
@@ -54,9 +54,9 @@ def build_parser(description, add_architecture_flags):
 
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--optim", type=str, default="adam",
-                       choices=("adam", "amsgrad", "sgd", "rmsprop"))
-    optim.add_argument("--lr", type=float, default=3e-4)
-    optim.add_argument("--weight-decay", type=float, default=5e-4)
+                       choices=("adam", "amsgrad", "sgd", "rmsprop"), help="optimizer")
+    optim.add_argument("--lr", type=float, default=3e-4, help="learning rate")
+    optim.add_argument("--weight-decay", type=float, default=5e-4, help="L2 weight decay")
     optim.add_argument("--momentum", type=float, default=0.9)
     optim.add_argument("--sgd-dampening", type=float, default=0)
     optim.add_argument("--sgd-nesterov", action="store_true")
@@ -66,12 +66,14 @@ def build_parser(description, add_architecture_flags):
 
     schedule = parser.add_argument_group("schedule and losses")
     schedule.add_argument("--max-epoch", type=int, default=60, help="main epochs")
-    schedule.add_argument("--start-epoch", type=int, default=0)
+    schedule.add_argument("--start-epoch", type=int, default=0,
+                          help="first main epoch (the schedule starts there)")
     schedule.add_argument("--stepsize", type=int, nargs="+", default=[20, 40],
                           help="MultiStepLR milestones")
-    schedule.add_argument("--gamma", type=float, default=0.1)
-    schedule.add_argument("--train-batch-size", type=int, default=32)
-    schedule.add_argument("--test-batch-size", type=int, default=100)
+    schedule.add_argument("--gamma", type=float, default=0.1,
+                          help="learning-rate factor at each --stepsize milestone")
+    schedule.add_argument("--train-batch-size", type=int, default=32, help="images per batch")
+    schedule.add_argument("--test-batch-size", type=int, default=100, help="images per batch")
     schedule.add_argument("--fixbase", action="store_true", help="keep the base frozen throughout")
     schedule.add_argument("--fixbase-epoch", type=int, default=10,
                           help="warm-up epochs with the backbone frozen, before the main epochs")
@@ -84,7 +86,8 @@ def build_parser(description, add_architecture_flags):
     schedule.add_argument("--htri-only", action="store_true", help="unused, as in the original")
     schedule.add_argument("--lambda-xent", type=float, default=1)
     schedule.add_argument("--lambda-htri", type=float, default=0.1)
-    schedule.add_argument("-a", "--arch", type=str, default="resnet50")
+    schedule.add_argument("-a", "--arch", type=str, default="resnet50",
+                          help="backbone; only resnet50, the paper's, is built here")
 
     misc = parser.add_argument_group("evaluation and misc")
     misc.add_argument("--load-weights", type=str, default="", help="weights file to start from")
@@ -94,7 +97,7 @@ def build_parser(description, add_architecture_flags):
     misc.add_argument("--start-eval", type=int, default=0)
     misc.add_argument("--flip-eval", action="store_true", help="average with the flipped image")
     misc.add_argument("--print-freq", type=int, default=10)
-    misc.add_argument("--seed", type=int, default=1)
+    misc.add_argument("--seed", type=int, default=1, help="seeds Python, NumPy and torch")
     misc.add_argument("--resume", type=str, default="", help="checkpoint to continue from")
     misc.add_argument("--save-dir", type=str, default="log")
     misc.add_argument("--use-cpu", action="store_true")
@@ -123,6 +126,9 @@ def build_parser(description, add_architecture_flags):
     beyond.add_argument("--all-splits", action="store_true",
                         help="cuhk01 / prid450s: train and evaluate splits 0-9 in turn (each in "
                              "<save-dir>/split<k>) and report their mean and standard deviation")
+    for action in parser._actions:  # so that --help shows every flag's default
+        if action.help is None and action.default is not None:
+            action.help = "as the original"
     return parser
 
 

@@ -21,8 +21,9 @@ __all__ = ["TorchreidCheckpoint", "load_torchreid_checkpoint", "read_torchreid_c
 
 @dataclass
 class TorchreidCheckpoint:
-    """A file read by :func:`read_torchreid_checkpoint`: its state_dict (keys remapped) and the
-    ``rank1`` and ``epoch`` it records (NaN and -1 when it records none)."""
+    """A file read by :func:`read_torchreid_checkpoint`: its state_dict (keys remapped), the
+    ``rank1`` it records (NaN when none) and the 0-based index of its last main epoch (-1 when
+    it records none)."""
 
     path: Path
     state_dict: dict
@@ -51,9 +52,11 @@ def read_torchreid_checkpoint(path, remap_keys=None, loaded=None):
     state, checkpoint = read_state_dict(path, loaded=loaded)
     if remap_keys is not None:
         state = remap_keys(state)
-    return TorchreidCheckpoint(Path(path), state,
-                               float(checkpoint.get("rank1", float("nan"))),
-                               int(checkpoint.get("epoch", -1)))
+    epoch = int(checkpoint.get("epoch", -1))
+    if "state_dict" not in checkpoint and isinstance(checkpoint.get("model"), dict):
+        epoch -= 1  # a training state counts the epochs finished; the format, the last one's index
+    return TorchreidCheckpoint(Path(path), state, float(checkpoint.get("rank1", float("nan"))),
+                               epoch)
 
 
 def load_torchreid_checkpoint(model, checkpoint, new_classes_ok=False, hint=""):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,9 +43,9 @@ from common.engine import Engine, EvalTarget, open_run, resume_file
 from common.eval import Retrieval, visualize_ranked_results
 from common.eval.report import read_run_results, write_run_results
 from common.files import atomic_write
-from common.runrecord import adopt_recorded_flags, write_run_record
+from common.runrecord import adopt_recorded_flags, refuse_another_methods_file, write_run_record
 from common.runtime import (OptionError, distributed_session, exit_on_user_error,
-                            optimizer_by_name, step_scheduler)
+                            optimizer_by_name, refuse_counts_below, step_scheduler)
 from common.torchreid_run.args import data_augment_steps
 from common.torchreid_run.checkpoint import load_torchreid_checkpoint, read_torchreid_checkpoint
 from common.torchreid_run.loss import TrainingLoss
@@ -86,6 +87,11 @@ class Method:
     classifier_key: str
     remap_keys: Callable | None = None
     weights_hint: str = ""
+
+    @property
+    def record_name(self):
+        """The method's folder name, as ``run.json`` records it (``"abdnet"``)."""
+        return self.name.lower().replace("-", "")
 
 
 def open_specified_layers(model, open_layers, head_modules=()):
@@ -287,14 +293,21 @@ def check_options(args, method):
                           f"at least one main epoch (0 <= start-epoch < max-epoch)")
     if args.fixbase_epoch < 0:
         raise OptionError(f"--fixbase-epoch {args.fixbase_epoch} must be >= 0")
+    refuse_counts_below(1, {"--height": args.height, "--width": args.width,
+                            "--test-batch-size": args.test_batch_size,
+                            "--num-instances": args.num_instances})
+    refuse_counts_below(0, {"-j": args.workers})
     if args.train_batch_size < 2:
         raise OptionError(f"--train-batch-size {args.train_batch_size}: a training batch of one "
                           f"image cannot train BatchNorm; use 2 or more")
     if args.criterion == "htri" and args.train_batch_size % args.num_instances:
         raise OptionError(f"--train-batch-size {args.train_batch_size} must be a multiple of "
                           f"--num-instances {args.num_instances} with --criterion htri")
-    if args.evaluate and args.resume and args.load_weights:
-        raise OptionError("--evaluate takes the weights from --load-weights or --resume, not both")
+    if args.resume and args.load_weights:
+        raise OptionError("--evaluate takes the weights from --load-weights or --resume, not both"
+                          if args.evaluate else
+                          "--resume continues a run with its own weights; --load-weights starts "
+                          "a new run from a file's weights: give one of them")
     if args.all_splits:
         if args.evaluate or args.resume:
             raise OptionError("--all-splits trains every split from the start; it cannot be "
@@ -376,7 +389,9 @@ def _run(args, method, context):
     state_path = save_dir / TRAINING_STATE
     resume = resume_file(args.resume, state_path, args.evaluate,
                          f"; pass the {TRAINING_STATE} or a checkpoint_ep<N>.pth.tar of a run")
-    if args.evaluate:
+    refuse_another_methods_file(args.load_weights or resume, method.record_name,
+                                "use {method}/main.py")
+    if args.evaluate or resume is not None:  # evaluated or continued at the trained size
         adopt_recorded_flags(args, args.load_weights or resume, getattr(args, "explicit", ()),
                              ("height", "width"), lambda name: f"--{name}", OptionError)
     resume_state = load_checkpoint(resume) if resume is not None and not args.evaluate else None
@@ -408,6 +423,8 @@ def _run(args, method, context):
         options["pretrained"] = released is None and not resumable
     model = method.build_model(num_classes, **options).to(device)
     if released is not None:
+        if resume is not None and not args.evaluate:
+            _refuse_other_training_data(released, method, num_classes)
         _load_weights(model, released, method, fine_tuning=not args.evaluate)
     criterion = None if args.evaluate else TrainingLoss(
         num_classes, criterion=args.criterion, label_smooth=args.label_smooth, margin=args.margin,
@@ -434,7 +451,7 @@ def _run(args, method, context):
     log.info(f"==> Start training on {device}"
              f"{f' x {distributed.world_size} processes' if distributed.enabled else ''}")
     if context.is_main:
-        write_run_record(save_dir, method.name.lower().replace("-", ""), (args.height, args.width),
+        write_run_record(save_dir, method.record_name, (args.height, args.width),
                          "bilinear", flags={"height": args.height, "width": args.width})
     engine.fit()
     engine.report_best()
@@ -458,8 +475,22 @@ def _load_weights(model, released, method, fine_tuning):
         log.warning(f"{released.path}: its classifiers have {file_classes} classes and the "
                     f"training data {data_classes}; these keys are not loaded and start from "
                     f"the initialisation: {', '.join(info['reinitialized'])}")
-    log.info(f"Loaded weights from {released.path} (epoch {info['epoch']}, rank1 "
-             f"{info['rank1']:.4f})")
+    trained = (f"after main epoch {info['epoch'] + 1}" if info["epoch"] >= 0 else
+               "no epoch recorded")
+    if not math.isnan(info["rank1"]):
+        trained += f", rank-1 {info['rank1']:.4f}"
+    log.info(f"Loaded weights from {released.path} ({trained})")
+
+
+def _refuse_other_training_data(released, method, num_classes):
+    """``--resume`` continues a run on its own data: a file whose classifier has another class
+    count than the training data was trained on other data."""
+    file_classes = released.num_classes(method.classifier_key)
+    if file_classes not in (None, num_classes):
+        raise OptionError(f"--resume {released.path}: its classifier has {file_classes} classes "
+                          f"and the training data {num_classes}, so it is another data set's run; "
+                          f"to fine-tune it on this data use --load-weights {released.path} "
+                          f"in a new --save-dir")
 
 
 def _continue_from_weights(engine, released):
@@ -486,6 +517,7 @@ def _evaluate_only(engine, released):
                                      width=engine.args.width)
             log.info(f"ranked lists of {len(target.dataset.query)} queries in {folder}")
 
+    if released is not None and released.epoch >= 0:
+        engine.epoch = released.epoch + 1  # the main epochs the weights were trained for
     all_results = engine.evaluate(on_target=draw_ranked_lists)
-    engine.report("evaluate", all_results,
-                  epoch=released.epoch + 1 if released is not None else None)
+    engine.report("evaluate", all_results, epoch=engine.epoch if engine.epoch else None)

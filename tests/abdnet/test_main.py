@@ -8,6 +8,7 @@ import torch
 
 from abdnet.main import main
 from abdnet.model import build_model
+from common.runrecord import write_run_record
 
 
 # The README command, with the size, batch, epochs and output changed for a 2-core CPU.
@@ -111,6 +112,16 @@ def test_user_errors_are_clear(market_mini, tmp_path):
     assert "already holds a run" in message and "--resume" in message
     message = exit_message([*base, "--save-dir", str(tmp_path / "e"), "--train-batch-size", "800"])
     assert "--train-batch-size 800 with --num-instances 4: a batch needs 200 identities" in message
+    iab_run = tmp_path / "iab"
+    iab_run.mkdir()
+    torch.save({"state_dict": {}, "rank1": 0.5, "epoch": 3}, iab_run / "checkpoint_best.pth.tar")
+    write_run_record(iab_run, "iabnet", (64, 32), "bilinear")
+    message = exit_message([*base, "--save-dir", str(tmp_path / "f"), "--evaluate",
+                            "--load-weights", str(iab_run / "checkpoint_best.pth.tar")])
+    assert message.endswith(f"checkpoint_best.pth.tar was written by a iabnet run "
+                            f"({iab_run / 'run.json'}), not abdnet; use iabnet/main.py")
+    message = exit_message([*base, "--save-dir", str(tmp_path / "g"), "--dropout", "2"])
+    assert message.endswith("--dropout 2.0: a probability in [0, 1)")
 
 
 def test_evaluate_refuses_weights_of_another_architecture(market_mini, tmp_path):

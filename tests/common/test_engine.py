@@ -190,6 +190,7 @@ def test_sigterm_ends_the_run_with_where_to_continue(tmp_path):
             engine.fit()
     assert "interrupted after epoch 2 (evaluating or saving it)" in str(interrupted.value)
     assert "training_state.pt; continue with --resume x" in str(interrupted.value)
+    assert interrupted.value.exit_status == 143  # 128 + SIGTERM, as a shell reports it
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
@@ -276,3 +277,11 @@ def test_the_resume_file_of_a_torchreid_style_command_line(tmp_path):
     with pytest.raises(OptionError, match=f"continue it with --resume {state}, or pick another "
                                           f"--save-dir"):
         resume_file("", state, evaluating=False)
+    earlier = tmp_path / "checkpoint_ep1.pth.tar"
+    earlier.write_bytes(b"weights")
+    with pytest.raises(OptionError, match=f"resuming from {earlier} here would overwrite it: "
+                                          f"continue that run with --resume {state}"):
+        resume_file(str(earlier), state, evaluating=False)
+    assert resume_file(str(earlier), state, evaluating=True) == earlier
+    with pytest.raises(CheckpointError, match=f"--resume {tmp_path} is a folder"):
+        resume_file(str(tmp_path), state, evaluating=False)

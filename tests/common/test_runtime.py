@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from common.history import LossMeter
-from common.runtime import (OptionError, autocast, grad_scaler, init_distributed,
-                            optimizer_by_name, optimizer_step, seed_everything, select_device,
-                            setup_logging, user_error_message)
 from common.data.dataset import DatasetError
+from common.history import LossMeter
+from common.runtime import (OptionError, RunInterrupted, autocast, exit_on_user_error,
+                            grad_scaler, init_distributed, optimizer_by_name, optimizer_step,
+                            seed_everything, select_device, setup_logging, user_error_message)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -113,3 +113,14 @@ def test_an_error_in_a_loader_worker_keeps_only_its_own_message():
                                                 "image file")
     plain = DatasetError("folder x holds no image")
     assert user_error_message(plain) == "folder x holds no image"
+
+
+@pytest.mark.parametrize("interruption, status", [(KeyboardInterrupt(), 130),
+                                                  (RunInterrupted("interrupted in epoch 2"), 130),
+                                                  (RunInterrupted("interrupted", 143), 143)])
+def test_an_interruption_exits_with_the_shells_status(interruption, status, capsys):
+    with pytest.raises(SystemExit) as exited:
+        with exit_on_user_error("main.py"):
+            raise interruption
+    assert exited.value.code == status
+    assert capsys.readouterr().err.startswith("main.py: interrupted")

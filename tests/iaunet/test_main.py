@@ -62,6 +62,15 @@ def test_without_masks_the_mask_loss_is_off_and_said_and_no_epoch_checkpoints(ma
     assert "training WITHOUT the mask loss" in (run / "log_train.txt").read_text()
     assert not list(run.glob("checkpoint_ep*")) and (run / "best_model.pth.tar").is_file()
 
+    # resumed without the size flags: it continues at the recorded 64x32, not the default
+    record = (run / "run.json").read_text()
+    size_free = [flag for flag in TINY if flag not in ("--height", "64", "--width", "32")]
+    main(["--root", str(market_mini), *size_free, "--save-dir", str(run),
+          "--no-epoch-checkpoints", "--resume", str(run / "training_state.pth.tar")])
+    assert "run.json: --height 64, --width 32" in (run / "log_train.txt").read_text()
+    assert (run / "run.json").read_text() == record
+    assert [row["epoch"] for row in json.loads((run / "history.json").read_text())["epochs"]] == [1, 2]
+
 
 def test_user_errors(market_mini, tmp_path):
     def message(*extra):
@@ -72,6 +81,7 @@ def test_user_errors(market_mini, tmp_path):
     assert "--evaluate needs --resume" in message("--evaluate")
     assert "--resume nothing.tar does not exist" in message("--resume", "nothing.tar")
     assert "multiple of --num-instances" in message("--train-batch", "30")
+    assert message("--num-instances", "0").endswith("--num-instances 0 must be >= 1")
 
 
 @pytest.mark.slow

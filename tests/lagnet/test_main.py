@@ -65,8 +65,13 @@ def test_train_evaluate_resume_and_test_only(market_mini, in_tmp, capsys):
                                for key, value in training_state["model"].items()}
     assert "la_stream.0.5.conv1.weight" in training_state["model"]
     torch.save(training_state, state_path)
-    main(tiny_argv(market_mini, "split", "--epochs", "3", "--test_every", "1", "--resume", "-1"))
+    size_free = tiny_argv(market_mini, "split", "--epochs", "3", "--test_every", "1",
+                          "--resume", "-1")
+    for flag in ("--height", "--width"):  # resumed at the recorded 64x32, not the default
+        del size_free[size_free.index(flag):size_free.index(flag) + 2]
+    main(size_free)
     log = (in_tmp / "experiment/split/log.txt").read_text()
+    assert "run.json: --height 64, --width 32" in log
     assert "training_state.pt uses the layer3 block numbering of earlier versions" in log
     straight = load_state(folder / "model/model_latest.pt")
     resumed = load_state(in_tmp / "experiment/split/model/model_latest.pt")

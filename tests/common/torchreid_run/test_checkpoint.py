@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from common.checkpoint import CheckpointError, load_checkpoint
+from common.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from common.torchreid_run.checkpoint import load_torchreid_checkpoint, read_torchreid_checkpoint
 
 
@@ -20,6 +20,13 @@ def test_already_read_contents_give_the_same_checkpoint_without_reading(tmp_path
     again = read_torchreid_checkpoint(path, loaded=contents)
     assert (again.rank1, again.epoch) == (direct.rank1, direct.epoch) == (0.5, 3)
     assert all(torch.equal(again.state_dict[k], direct.state_dict[k]) for k in direct.state_dict)
+
+
+def test_a_training_state_reads_with_its_last_epochs_index(tmp_path):
+    path = save_checkpoint(tmp_path / "training_state.pth.tar", model=nn.Linear(2, 3), epoch=2)
+    checkpoint = read_torchreid_checkpoint(path)
+    assert checkpoint.epoch == 1  # two epochs finished: the last one's index is 1, as the format
+    assert np.isnan(checkpoint.rank1)
 
 
 def test_keys_are_remapped_classes_counted_and_a_mismatch_is_listed_with_the_hint(tmp_path):

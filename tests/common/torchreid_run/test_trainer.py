@@ -1,14 +1,17 @@
 """The torchreid-style run's pieces: the open-layer rule, the training-set union, the option
-checks, --all-splits (abdnet.md §1, §4), with a tiny stand-in method."""
+checks, --all-splits, resume (abdnet.md §1, §4), with a tiny stand-in method."""
 
 import json
 
 import numpy as np
 import pytest
+import torch
 import torch.nn as nn
 from PIL import Image
 
 from common.data import ReidDataset, Sample
+from common.data.synthetic import SyntheticConfig, generate
+from common.runrecord import parse_command_line
 from common.torchreid_run.args import build_parser as build_torchreid_parser
 from common.torchreid_run.trainer import (Method, OptionError, check_options, combine_train_sets,
                                           open_specified_layers, run)
@@ -51,6 +54,11 @@ def refuse_width_8(args):
     (["--train-batch-size", "1"], "--train-batch-size 1"),
     (["--width", "8"], "--width 8: too narrow"),  # the method's own check, as an OptionError
     (["--evaluate", "--resume", "a", "--load-weights", "b"], "not both"),
+    (["--resume", "a", "--load-weights", "b"], "give one of them"),
+    (["--num-instances", "0"], "--num-instances 0 must be >= 1"),
+    (["--test-batch-size", "0"], "--test-batch-size 0 must be >= 1"),
+    (["--height", "0"], "--height 0 must be >= 1"),
+    (["-j", "-1"], "-j -1 must be >= 0"),
 ])
 def test_options_that_cannot_run_are_refused(extra, message):
     args = build_parser("test").parse_args(["-s", "market1501", "-t", "market1501", *extra])
@@ -109,3 +117,49 @@ def test_all_splits_needs_a_split_dataset():
                                             "--all-splits"])
     with pytest.raises(OptionError, match="random splits"):
         check_options(args, tiny_method())
+
+
+def test_a_resume_continues_at_the_recorded_size_on_the_same_data_only(tmp_path):
+    data = generate(tmp_path / "market1501", SyntheticConfig(num_ids=12, images_per_id=4,
+                                                             num_distractors=0, num_junk=0))
+    common = ["-s", "market1501", "-t", "market1501", "--root", str(data), "--train-batch-size",
+              "8", "--fixbase-epoch", "0", "--use-cpu", "-j", "0", "--no-pretrained",
+              "--eval-freq", "1", "--save-dir", str(tmp_path / "run")]
+    run(build_parser("test").parse_args([*common, "--height", "32", "--width", "16",
+                                         "--max-epoch", "1"]), tiny_method())
+    state = tmp_path / "run" / "training_state.pth.tar"
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+
+    with pytest.raises(OptionError, match=r"--height 64 but .*training_state.pth.tar was trained "
+                                          r"with 32"):
+        run(parse_command_line(build_parser("test"), [*common, "--height", "64", "--max-epoch",
+                                                      "2", "--resume", str(state)]),
+            tiny_method())
+    run(parse_command_line(build_parser("test"), [*common, "--max-epoch", "2", "--resume",
+                                                  str(state)]), tiny_method())
+    log = (tmp_path / "run" / "log_train.txt").read_text()
+    assert "run.json: --height 32, --width 16" in log  # adopted, not the default 256x128
+    assert json.loads((tmp_path / "run" / "run.json").read_text()) == record
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [epoch["epoch"] for epoch in history["epochs"]] == [1, 2]
+    run(parse_command_line(build_parser("test"), [*common[:-1], str(tmp_path / "eval"),
+                                                  "--evaluate", "--resume", str(state)]),
+        tiny_method())
+    evaluated = json.loads((tmp_path / "eval" / "results_evaluate.json").read_text())
+    assert evaluated["epoch"] == 2  # the epochs the state had trained, not one more
+    assert "(after main epoch 2)" in (tmp_path / "eval" / "log_test.txt").read_text()
+
+    earlier = tmp_path / "run" / "checkpoint_ep1.pth.tar"
+    with pytest.raises(OptionError, match="already holds a run .* would overwrite it"):
+        run(parse_command_line(build_parser("test"), [*common, "--max-epoch", "3", "--resume",
+                                                      str(earlier)]), tiny_method())
+    other = dict(torch.load(earlier, weights_only=False))
+    other["state_dict"] = {**other["state_dict"], "classifier.weight": torch.zeros(20, 8),
+                           "classifier.bias": torch.zeros(20)}
+    torch.save(other, tmp_path / "other_data.pth.tar")
+    fresh = [*common[:-1], str(tmp_path / "fresh")]
+    with pytest.raises(OptionError, match="its classifier has 20 classes and the training data 6"):
+        run(parse_command_line(build_parser("test"), [*fresh, "--height", "32", "--width", "16",
+                                                      "--max-epoch", "3", "--resume",
+                                                      str(tmp_path / "other_data.pth.tar")]),
+            tiny_method())
