@@ -401,6 +401,9 @@ class Engine:
     def fit(self):
         """Trains until ``max_epoch``; Ctrl-C or SIGTERM end it with where to continue. With
         ``eval_before_training`` a run that has trained nothing yet is evaluated first."""
+        if self.epoch >= self.max_epoch:
+            log.warning(f"nothing to train: the run has finished {self.epoch} of "
+                        f"{self.max_epoch} epochs; raise the epoch count to train further")
         with _sigterm_as_interrupt():
             try:
                 if self.eval_before_training and not self.history.epochs:

@@ -178,7 +178,8 @@ def _run(args, context):
     if resume is not None:  # evaluated or continued at the trained size
         adopt_recorded_flags(args, resume, getattr(args, "explicit", ()), ("height", "width"),
                              lambda name: f"--{name}", OptionError)
-    log.info(f"Args: {vars(args)}")
+    given = {name: value for name, value in vars(args).items() if name != "explicit"}
+    log.info(f"Args: {given}")
     checkpoint = load_checkpoint(resume) if resume is not None else None
     exact_resume = checkpoint is not None and "optimizer" in checkpoint and not args.evaluate
     weights = None

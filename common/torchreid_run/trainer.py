@@ -378,7 +378,8 @@ def _run_all_splits(args, method, distributed):
 
 
 def _run(args, method, context):
-    log.info(f"==========\nArgs:{args}\n==========")
+    given = {name: value for name, value in vars(args).items() if name != "explicit"}
+    log.info(f"==========\nArgs:{given}\n==========")
     save_dir, device, distributed = context.folder, context.device, context.distributed
     if device.type == "cpu" and not args.use_cpu:
         log.warning(f"no GPU is visible (--gpu-devices {args.gpu_devices} sets "

@@ -158,6 +158,14 @@ def test_resume_is_exact_and_rewrites_weight_files_a_kill_left_out(tmp_path):
     for a, b in zip(straight.module.parameters(), engine.module.parameters()):
         assert torch.equal(a, b)
     assert engine.history.state_dict() == straight.history.state_dict()
+    with open_run(tmp_path / "split", log_name="log.txt", seed=0, cpu=True,
+                  distributed=Distributed()) as context:
+        finished = ToyEngine(context)
+        finished.resume(context.folder / "training_state.pt")
+        finished.fit()
+    assert finished.epoch == engine.epoch
+    assert (f"nothing to train: the run has finished {engine.epoch} of {engine.epoch} epochs"
+            in (tmp_path / "split" / "log.txt").read_text())
 
 
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_files(tmp_path):
