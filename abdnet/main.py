@@ -26,6 +26,11 @@ from common.torchreid_run.trainer import Method, run_command_line
 FEATURE_STRIDE = 16
 
 
+# The flags that build the network (run.json records them; evaluation and resume reuse them).
+ARCHITECTURE_FLAGS = ("shallow_cam", "abd_dan", "abd_np", "global_dim", "abd_dim", "dropout",
+                      "cam_softmax")
+
+
 def add_architecture_flags(parser):
     """The architecture flags of the original ``args.py``, with their defaults; only the paper's
     model is built (:func:`model_options` refuses the others)."""
@@ -95,7 +100,7 @@ def model_options(args):
 
 ABD_NET = Method("ABD-Net", build_model, model_options, head_modules=HEAD_MODULES,
                  classifier_key=CLASSIFIER_KEY, remap_keys=remap_branch_order,
-                 weights_hint=WEIGHTS_HINT)
+                 weights_hint=WEIGHTS_HINT, recorded_flags=ARCHITECTURE_FLAGS)
 
 
 def main(argv=None):

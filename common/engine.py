@@ -33,6 +33,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from common.checkpoint import CheckpointError, resume_from, save_checkpoint, unwrap_model
+from common.data.dataset import DatasetError
 from common.eval import NonFiniteFeaturesError, evaluate_features, extract_features
 from common.eval.report import format_run_table, read_run_results, run_results, write_run_results
 from common.history import LossMeter, TrainingHistory
@@ -339,7 +340,13 @@ class Engine:
         evaluated = self.evaluation_due()
         if evaluated:
             if self.is_main:
-                all_results = self.evaluate()
+                try:
+                    all_results = self.evaluate()
+                except DatasetError:  # an unreadable test image: the epoch's training is kept
+                    self.save_state(evaluated=False)
+                    log.info(f"epoch {self.epoch} is saved unevaluated; after fixing the data, "
+                             f"continue with {self.context.resume_hint or 'the same command'}")
+                    raise
                 last = list(all_results.values())[-1]
                 self.history.log_evaluation(self.epoch, _metrics(last))
                 write_run_results(self.folder / "results_last.json",

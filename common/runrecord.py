@@ -126,6 +126,9 @@ def adopt_recorded_flags(target, weights_path, explicit, names, spell, error):
             continue
         recorded, current = record["flags"][name], _plain(getattr(target, name))
         if name in explicit and current != recorded:
+            if isinstance(recorded, bool):  # a switch: given, but the run was trained without it
+                raise error(f"{spell(name)} but {weights_path} was trained without it "
+                            f"({record_path}); drop {spell(name)}")
             raise error(f"{spell(name)} {current} but {weights_path} was trained with "
                         f"{recorded} ({record_path}); drop {spell(name)} to use it, or pass "
                         f"{recorded}")

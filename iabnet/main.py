@@ -28,6 +28,11 @@ from iabnet.model import WEIGHTS_HINT, build_model, remap_original_keys
 FEATURE_STRIDE = 32
 
 
+# The flags that build the network (run.json records them; evaluation and resume reuse them).
+ARCHITECTURE_FLAGS = ("shallow_cam", "abd_dan", "abd_np", "global_dim", "abd_dim", "dropout",
+                      "cam_softmax", "casa_channel")
+
+
 def add_architecture_flags(parser):
     """The architecture flags of the code's ``args.py`` with their defaults (the guide's
     ``--iab-*`` spellings of the four ``--abd-*`` flags, which the code never had, work too),
@@ -106,7 +111,7 @@ def model_options(args):
 
 IAB_NET = Method("IAB-Net", build_model, model_options, head_modules=HEAD_MODULES,
                  classifier_key=CLASSIFIER_KEY, remap_keys=remap_original_keys,
-                 weights_hint=WEIGHTS_HINT)
+                 weights_hint=WEIGHTS_HINT, recorded_flags=ARCHITECTURE_FLAGS)
 
 
 def main(argv=None):

@@ -345,7 +345,7 @@ def _run(args, context):
     else:
         engine.wrap_for_training(find_unused_parameters=not {"CrossEntropy", "Triplet"} <= names,
                                  data_parallel=False)
-    log.info(f"training {engine.max_epoch} epochs from epoch {engine.epoch + 1} on "
+    log.info(f"training epochs {engine.epoch + 1} to {engine.max_epoch} on "
              f"{context.device}"
              f"{f' x {distributed.world_size} processes' if distributed.enabled else ''}")
     if distributed.is_main:

@@ -78,6 +78,10 @@ class Method:
         remap_keys: state_dict -> state_dict for the method's released files (key order,
             historical names), or None.
         weights_hint: ends the error message when a weights file does not fit the network.
+        recorded_flags: the architecture flags' destinations (``"abd_dan"``), written to
+            ``run.json`` with the input size and taken from it when a run's weights are
+            evaluated or resumed: some (attention heads, softmax sign) leave no trace in the
+            weights, so a wrong value would silently build another network.
     """
 
     name: str
@@ -87,6 +91,7 @@ class Method:
     classifier_key: str
     remap_keys: Callable | None = None
     weights_hint: str = ""
+    recorded_flags: tuple = ()
 
     @property
     def record_name(self):
@@ -378,8 +383,6 @@ def _run_all_splits(args, method, distributed):
 
 
 def _run(args, method, context):
-    given = {name: value for name, value in vars(args).items() if name != "explicit"}
-    log.info(f"==========\nArgs:{given}\n==========")
     save_dir, device, distributed = context.folder, context.device, context.distributed
     if device.type == "cpu" and not args.use_cpu:
         log.warning(f"no GPU is visible (--gpu-devices {args.gpu_devices} sets "
@@ -392,9 +395,11 @@ def _run(args, method, context):
                          f"; pass the {TRAINING_STATE} or a checkpoint_ep<N>.pth.tar of a run")
     refuse_another_methods_file(args.load_weights or resume, method.record_name,
                                 "use {method}/main.py")
-    if args.evaluate or resume is not None:  # evaluated or continued at the trained size
+    if args.evaluate or resume is not None:  # evaluated or continued as it was trained
         adopt_recorded_flags(args, args.load_weights or resume, getattr(args, "explicit", ()),
-                             ("height", "width"), lambda name: f"--{name}", OptionError)
+                             _recorded_flags(method), _spell, OptionError)
+    given = {name: value for name, value in vars(args).items() if name != "explicit"}
+    log.info(f"==========\nArgs:{given}\n==========")
     resume_state = load_checkpoint(resume) if resume is not None and not args.evaluate else None
     resumable = resume_state is not None and "optimizer" in resume_state
     weights = args.load_weights or ("" if resumable else args.resume)
@@ -452,10 +457,21 @@ def _run(args, method, context):
     log.info(f"==> Start training on {device}"
              f"{f' x {distributed.world_size} processes' if distributed.enabled else ''}")
     if context.is_main:
-        write_run_record(save_dir, method.record_name, (args.height, args.width),
-                         "bilinear", flags={"height": args.height, "width": args.width})
+        write_run_record(save_dir, method.record_name, (args.height, args.width), "bilinear",
+                         model_options={name: value for name, value in options.items()
+                                        if name not in ("pretrained", "weights_path")},
+                         flags={name: getattr(args, name) for name in _recorded_flags(method)})
     engine.fit()
     engine.report_best()
+
+
+def _recorded_flags(method):
+    return ("height", "width", *method.recorded_flags)
+
+
+def _spell(name):
+    """``--abd-dan`` for ``abd_dan``."""
+    return "--" + name.replace("_", "-")
 
 
 def _optimizer_and_schedule(args, model):

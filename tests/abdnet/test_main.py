@@ -120,6 +120,19 @@ def test_user_errors_are_clear(market_mini, tmp_path):
                             "--load-weights", str(iab_run / "checkpoint_best.pth.tar")])
     assert message.endswith(f"checkpoint_best.pth.tar was written by a iabnet run "
                             f"({iab_run / 'run.json'}), not abdnet; use iabnet/main.py")
+    abd_run = tmp_path / "abd"
+    abd_run.mkdir()
+    torch.save({"state_dict": {}, "rank1": 0.5, "epoch": 3}, abd_run / "checkpoint_best.pth.tar")
+    write_run_record(abd_run, "abdnet", (32, 16), "bilinear",
+                     flags={"height": 32, "width": 16, "shallow_cam": False, "abd_dan": []})
+    message = exit_message([*base, "--save-dir", str(tmp_path / "h"), "--evaluate",
+                            "--load-weights", str(abd_run / "checkpoint_best.pth.tar")])
+    assert "error: --shallow-cam but " in message and "trained without it" in message
+    write_run_record(abd_run, "abdnet", (32, 16), "bilinear",
+                     flags={"height": 32, "width": 16, "shallow_cam": True, "abd_dan": []})
+    message = exit_message([*base, "--save-dir", str(tmp_path / "h"), "--evaluate",
+                            "--load-weights", str(abd_run / "checkpoint_best.pth.tar")])
+    assert "error: --abd-dan ['cam', 'pam'] but " in message and "trained with []" in message
     message = exit_message([*base, "--save-dir", str(tmp_path / "g"), "--dropout", "2"])
     assert message.endswith("--dropout 2.0: a probability in [0, 1)")
 

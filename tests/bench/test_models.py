@@ -7,7 +7,8 @@ import re
 import pytest
 import torch
 
-from bench.models import BenchModelError, load_method_model, parse_model_options
+from abdnet.model import build_model as build_abdnet
+from bench.models import BenchModelError, load_method_model, parse_model_options, trained_settings
 from common.runrecord import write_run_record
 from apnet.model import StripeAttention
 from apnet.model import build_model as build_apnet
@@ -40,6 +41,22 @@ def test_a_run_with_other_flags_loads_only_with_its_options(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(complete(images), trained(images))
         assert not torch.allclose(partial(images), trained(images))
+
+
+def test_an_abdnet_run_is_rebuilt_from_the_options_its_run_json_records(tmp_path):
+    options = {"shallow_cam": False, "abd_dan": ("cam",), "abd_np": 2, "global_dim": 1024,
+               "abd_dim": 1024, "dropout": 0.5, "cam_softmax": "code"}
+    torch.manual_seed(0)
+    trained = build_abdnet(10, pretrained=False, **options).eval()
+    path = tmp_path / "checkpoint_best.pth.tar"
+    torch.save({"state_dict": trained.state_dict(), "rank1": 0.5, "epoch": 0}, path)
+    write_run_record(tmp_path, "abdnet", (64, 32), "bilinear", model_options=options)
+    size, recorded = trained_settings("abdnet", path)
+    assert size == (64, 32) and recorded == {**options, "abd_dan": ["cam"]}
+    images = torch.randn(2, 3, 64, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(load_method_model("abdnet", path, recorded)(images),
+                                   trained(images))
 
 
 # Each method's trained-file layout: the entry its main.py writes the weights under.

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from common.checkpoint import CheckpointError
+from common.data.dataset import DatasetError
 from common.engine import Engine, EvalTarget, open_run, refuse_to_overwrite, resume_file
 from common.eval import NonFiniteFeaturesError, Retrieval
 from common.runfolder import FolderInUseError
@@ -166,6 +167,22 @@ def test_resume_is_exact_and_rewrites_weight_files_a_kill_left_out(tmp_path):
     assert finished.epoch == engine.epoch
     assert (f"nothing to train: the run has finished {engine.epoch} of {engine.epoch} epochs"
             in (tmp_path / "split" / "log.txt").read_text())
+
+
+def test_an_unreadable_test_image_keeps_the_epochs_training(tmp_path):
+    class UnreadableQuery(ToyEngine):
+        def evaluate(self, on_target=None):
+            raise DatasetError("cannot read image query/0001_c1.jpg")
+
+    with open_run(tmp_path / "run", log_name="log.txt", seed=0, cpu=True,
+                  distributed=Distributed(), resume_hint="--resume x") as context:
+        engine = UnreadableQuery(context)
+        with pytest.raises(DatasetError, match="cannot read image"):
+            engine.fit()
+    state = torch.load(tmp_path / "run" / "training_state.pt", weights_only=False)
+    assert (state["epoch"], state["evaluated"]) == (2, False)  # the first evaluation is due at 2
+    assert "epoch 2 is saved unevaluated; after fixing the data, continue with --resume x" in (
+        tmp_path / "run" / "log.txt").read_text()
 
 
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_files(tmp_path):
