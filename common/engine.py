@@ -306,7 +306,8 @@ class Engine:
             results, distmat = self.evaluate_target(name, target,
                                                     return_distmat=on_target is not None)
             cmc = results["cmc"]
-            log.info(f"{self.name} on {name}, epoch {self.epoch}: mAP {100 * results['mAP']:.1f} "
+            after = f", epoch {self.epoch}" if self.epoch else ""  # 0: untrained or unknown
+            log.info(f"{self.name} on {name}{after}: mAP {100 * results['mAP']:.1f} "
                      f"R1 {100 * cmc[0]:.1f} R5 {100 * cmc[4]:.1f} R10 {100 * cmc[9]:.1f} "
                      f"({results['num_valid_queries']}/{results['num_queries']} queries with a "
                      f"valid match, {time.time() - start:.1f} s)")
@@ -428,9 +429,13 @@ class Engine:
             self.after_epoch()
             self.in_after_epoch = False
 
+    def interrupted_where(self):
+        """Where in the run an interruption came (a method with phases extends it)."""
+        return (f"after epoch {self.epoch} (evaluating or saving it)" if self.in_after_epoch
+                else f"in epoch {self.epoch + 1}")
+
     def interrupted_message(self):
-        where = (f"after epoch {self.epoch} (evaluating or saving it)" if self.in_after_epoch
-                 else f"in epoch {self.epoch + 1}")
+        where = self.interrupted_where()
         if self.saved_state is None:
             return f"interrupted {where}; nothing was saved yet"
         return (f"interrupted {where}; the last saved state is {self.saved_state}; continue "

@@ -269,6 +269,11 @@ class TwoPhaseEngine(Engine):
             log.info(f"Done. All layers are open to train for {args.max_epoch} epochs")
         super().train_loop()
 
+    def interrupted_where(self):
+        if self.in_fixbase:
+            return f"in warm-up epoch {self.fixbase_done + 1}/{self.args.fixbase_epoch}"
+        return super().interrupted_where()
+
     def fixbase_epoch(self):
         """A warm-up epoch: no O.F./O.W., no schedule step; the optimizer is reset after the
         last one. History epochs of the warm-up are numbered up to 0."""

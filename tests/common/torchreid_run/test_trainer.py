@@ -13,6 +13,7 @@ from common.data import ReidDataset, Sample
 from common.data.synthetic import SyntheticConfig, generate
 from common.runrecord import parse_command_line
 from common.torchreid_run.args import build_parser as build_torchreid_parser
+from common.runtime import RunInterrupted
 from common.torchreid_run.trainer import (Method, OptionError, check_options, combine_train_sets,
                                           open_specified_layers, run)
 
@@ -163,3 +164,24 @@ def test_a_resume_continues_at_the_recorded_size_on_the_same_data_only(tmp_path)
                                                       "--max-epoch", "3", "--resume",
                                                       str(tmp_path / "other_data.pth.tar")]),
             tiny_method())
+
+
+class InterruptedInTraining(TinyTwoBranchOutputs):
+    def forward(self, x):
+        if self.training:
+            raise KeyboardInterrupt
+        return super().forward(x)
+
+
+def test_an_interruption_in_the_warm_up_says_so(tmp_path):
+    data = generate(tmp_path / "market1501", SyntheticConfig(num_ids=12, images_per_id=4,
+                                                             num_distractors=0, num_junk=0))
+    args = build_parser("test").parse_args([
+        "-s", "market1501", "-t", "market1501", "--root", str(data), "--height", "32", "--width",
+        "16", "--train-batch-size", "8", "--fixbase-epoch", "2", "--max-epoch", "1", "--use-cpu",
+        "-j", "0", "--no-pretrained", "--save-dir", str(tmp_path / "run")])
+    method = Method("Tiny", InterruptedInTraining, lambda args: {}, head_modules=("classifier",),
+                    classifier_key="classifier.weight")
+    with pytest.raises(RunInterrupted, match="^interrupted in warm-up epoch 1/2; nothing was "
+                                             "saved yet"):
+        run(args, method)
