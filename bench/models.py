@@ -96,10 +96,10 @@ def load_for_inference(name, checkpoint=None, size=None, options=None, device="c
             network(torch.zeros(1, 3, *size, device=device))
     except (ValueError, RuntimeError) as err:
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        height, width = BENCH_METHODS[name].input_size
         raise BenchModelError(f"the {name} network does not take {size[0]}x{size[1]} inputs "
                               f"({reason}); use its training size, {name}'s README gives "
-                              f"{BENCH_METHODS[name].input_size[0]}x"
-                              f"{BENCH_METHODS[name].input_size[1]}") from None
+                              f"{height}x{width}") from None
     return network, size, options
 
 

@@ -21,7 +21,8 @@ from pathlib import Path
 from common.checkpoint import CheckpointError
 from common.files import atomic_write
 
-__all__ = ["RUN_RECORD", "adopt_recorded_flags", "explicit_flags", "find_run_record",
+__all__ = ["RUN_RECORD", "adopt_recorded_flags", "command_line_values", "explicit_flags",
+           "find_run_record",
            "parse_command_line", "refuse_another_methods_file", "write_run_record"]
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,12 @@ def parse_command_line(parser, argv=None):
     args = parser.parse_args(argv)
     args.explicit = explicit_flags(parser, argv)
     return args
+
+
+def command_line_values(args):
+    """``{destination: value}`` of parsed ``args``, without the ``explicit`` set that
+    :func:`parse_command_line` adds (for logs and config files)."""
+    return {name: value for name, value in vars(args).items() if name != "explicit"}
 
 
 def explicit_flags(parser, argv):

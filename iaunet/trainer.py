@@ -30,7 +30,8 @@ from common.data.transforms import CIFAR_MEAN, build_test_transform, build_train
 from common.engine import Engine, EvalTarget, open_run, resume_file
 from common.eval import Retrieval
 from common.files import atomic_write
-from common.runrecord import adopt_recorded_flags, refuse_another_methods_file, write_run_record
+from common.runrecord import (adopt_recorded_flags, command_line_values,
+                              refuse_another_methods_file, write_run_record)
 from common.runtime import (OptionError, distributed_session, optimizer_by_name,
                             refuse_counts_below, step_scheduler)
 from iaunet.loss import DISTANCES, IAUnetLoss
@@ -178,8 +179,7 @@ def _run(args, context):
     if resume is not None:  # evaluated or continued at the trained size
         adopt_recorded_flags(args, resume, getattr(args, "explicit", ()), ("height", "width"),
                              lambda name: f"--{name}", OptionError)
-    given = {name: value for name, value in vars(args).items() if name != "explicit"}
-    log.info(f"Args: {given}")
+    log.info(f"Args: {command_line_values(args)}")
     checkpoint = load_checkpoint(resume) if resume is not None else None
     exact_resume = checkpoint is not None and "optimizer" in checkpoint and not args.evaluate
     weights = None

@@ -22,7 +22,8 @@ from common.data import ImageDataset, build_dataset
 from common.data.transforms import build_test_transform, build_train_transform
 from common.engine import Engine, EvalTarget, open_run, refuse_to_overwrite
 from common.files import atomic_write
-from common.runrecord import adopt_recorded_flags, refuse_another_methods_file, write_run_record
+from common.runrecord import (adopt_recorded_flags, command_line_values,
+                              refuse_another_methods_file, write_run_record)
 from common.runtime import (OptionError, distributed_session, optimizer_by_name,
                             refuse_counts_below)
 from lagnet.loss import LAGLoss, parse_loss_string
@@ -234,11 +235,9 @@ def check_options(args):
                           f"epochs (spec §5); use --epochs 2 or more, or --train_all_epochs")
     if args.resume < -1:
         raise OptionError(f"--resume {args.resume}: use -1 (latest), 0 (--pre_train) or N > 0")
-    if args.checkpoint_every < 1:
-        raise OptionError("--checkpoint_every must be >= 1")
-    refuse_counts_below(1, {"--height": args.height, "--width": args.width,
-                            "--batchid": args.batchid, "--batchimage": args.batchimage,
-                            "--batchtest": args.batchtest})
+    refuse_counts_below(1, {"--checkpoint_every": args.checkpoint_every, "--height": args.height,
+                            "--width": args.width, "--batchid": args.batchid,
+                            "--batchimage": args.batchimage, "--batchtest": args.batchtest})
     refuse_counts_below(0, {"--nThread": args.nThread})
     if args.batchid * args.batchimage < 2:
         raise OptionError(f"--batchid {args.batchid} --batchimage {args.batchimage}: a training "
@@ -294,8 +293,8 @@ def _run(args, context):
     log.info(dataset.summary())
     if distributed.is_main:
         with atomic_write(folder / "config.txt", "w") as handle:
-            handle.writelines(f"{key}: {value}\n" for key, value in sorted(vars(args).items())
-                              if key != "explicit")
+            handle.writelines(f"{key}: {value}\n"
+                              for key, value in sorted(command_line_values(args).items()))
     state = read_weights(weights) if weights is not None else None
     num_classes = resolve_num_classes(args, dataset, weights, state)
     from_file = full_resume or state is not None

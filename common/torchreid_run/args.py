@@ -40,8 +40,9 @@ def build_parser(description, add_architecture_flags):
                       help="ignored: the identity sampler is used whenever --criterion is htri")
     data.add_argument("--data-augment", type=str, nargs="+", default="crop",
                       choices=DATA_AUGMENT_CHOICES, metavar="STEP",
-                      help=f"{' | '.join(DATA_AUGMENT_CHOICES)}: space-separated or comma forms; the default applies no augmentation "
-                           "(the original's quirk, kept)")
+                      help=f"{' | '.join(DATA_AUGMENT_CHOICES)}: space-separated or comma "
+                           f"forms; the default applies no augmentation (the original's quirk, "
+                           f"kept)")
     data.add_argument("--seq-len", type=int, default=15, help="video only; unused")
     data.add_argument("--sample-method", type=str, default="evenly", help="video only; unused")
     data.add_argument("--pool-tracklet-features", type=str, default="avg",

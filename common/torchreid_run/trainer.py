@@ -43,7 +43,8 @@ from common.engine import Engine, EvalTarget, open_run, resume_file
 from common.eval import Retrieval, visualize_ranked_results
 from common.eval.report import read_run_results, write_run_results
 from common.files import atomic_write
-from common.runrecord import adopt_recorded_flags, refuse_another_methods_file, write_run_record
+from common.runrecord import (adopt_recorded_flags, command_line_values,
+                              refuse_another_methods_file, write_run_record)
 from common.runtime import (OptionError, distributed_session, exit_on_user_error,
                             optimizer_by_name, refuse_counts_below, step_scheduler)
 from common.torchreid_run.args import data_augment_steps
@@ -301,12 +302,10 @@ def check_options(args, method):
     if not args.evaluate and (args.max_epoch < 1 or not 0 <= args.start_epoch < args.max_epoch):
         raise OptionError(f"--max-epoch {args.max_epoch} --start-epoch {args.start_epoch}: train "
                           f"at least one main epoch (0 <= start-epoch < max-epoch)")
-    if args.fixbase_epoch < 0:
-        raise OptionError(f"--fixbase-epoch {args.fixbase_epoch} must be >= 0")
     refuse_counts_below(1, {"--height": args.height, "--width": args.width,
                             "--test-batch-size": args.test_batch_size,
                             "--num-instances": args.num_instances})
-    refuse_counts_below(0, {"-j": args.workers})
+    refuse_counts_below(0, {"--fixbase-epoch": args.fixbase_epoch, "-j": args.workers})
     if args.train_batch_size < 2:
         raise OptionError(f"--train-batch-size {args.train_batch_size}: a training batch of one "
                           f"image cannot train BatchNorm; use 2 or more")
@@ -403,8 +402,7 @@ def _run(args, method, context):
     if args.evaluate or resume is not None:  # evaluated or continued as it was trained
         adopt_recorded_flags(args, args.load_weights or resume, getattr(args, "explicit", ()),
                              _recorded_flags(method), _spell, OptionError)
-    given = {name: value for name, value in vars(args).items() if name != "explicit"}
-    log.info(f"==========\nArgs:{given}\n==========")
+    log.info(f"==========\nArgs:{command_line_values(args)}\n==========")
     resume_state = load_checkpoint(resume) if resume is not None and not args.evaluate else None
     resumable = resume_state is not None and "optimizer" in resume_state
     weights = args.load_weights or ("" if resumable else args.resume)
